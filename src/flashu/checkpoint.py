@@ -1,0 +1,332 @@
+"""Finding, reading, checking and writing Show-o2 weights.
+
+Official checkpoints are pickled PyTorch state dicts (``pytorch_model.bin``, or ``pytorch_model-*-of-*.bin``
+shards with diffusers' ``diffusion_pytorch_model.bin.index.json``) whose keys are the module names of
+:class:`flashu.model.showo2.Showo2` (``showo.*``, ``und_trans.*``, ...). We also read and write safetensors.
+
+Safety: ``.bin`` files are opened with ``torch.load(weights_only=True)``, so a checkpoint can hold tensors and
+plain containers but can never run code while loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+LM_HEAD_KEY = "showo.lm_head.weight"
+EMBED_KEY = "showo.model.embed_tokens.weight"
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+BIN_NAME = "pytorch_model.bin"
+DIFFUSERS_BIN_INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
+
+# Everything read_state_dict (and the config/tokenizer loaders) may read; nothing else is downloaded.
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+
+ACCEPTED_WEIGHTS = (
+    "model.safetensors, diffusion_pytorch_model.safetensors, *.safetensors.index.json, pytorch_model.bin, "
+    "diffusion_pytorch_model.bin, *.bin.index.json, or pytorch_model-*.bin shards"
+)
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", re.ASCII)
+_MAX_LISTED = 10
+
+
+# ---------------------------------------------------------------------------------------------------- locating
+def resolve_checkpoint_dir(name_or_path: str) -> Path:
+    """A local model directory, downloading ``owner/name`` from the Hugging Face Hub when it is not one."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{name_or_path} is a file; pass the model directory that holds it")
+    if not _looks_like_hub_id(name_or_path):
+        from .config import PRESET_NAMES
+
+        raise CheckpointError(f"no such model directory: {name_or_path} (presets are {', '.join(PRESET_NAMES)}; "
+                              "hub ids look like owner/name)")
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        # Offline, only a complete earlier download in the local cache can answer (no network attempt at all).
+        local = snapshot_download(name_or_path, allow_patterns=HUB_ALLOW_PATTERNS, etag_timeout=10,
+                                  local_files_only=_hub_offline())
+    except _hub_errors():
+        raise CheckpointError(
+            f"cannot download {name_or_path!r} from the Hugging Face Hub (offline?): "
+            "download it elsewhere and pass the local directory"
+        ) from None
+    return Path(local)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return _HUB_ID.fullmatch(name) is not None and ".." not in name and "--" not in name
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read the variable itself so later changes count too.
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    # Hub errors (missing repo, offline mode, no cached snapshot) are OSErrors, invalid ids ValueErrors; recent
+    # versions raise raw httpx transport errors (connection refused, timeouts), which are not OSErrors.
+    from huggingface_hub import errors
+
+    return (OSError, ValueError, getattr(errors, "HTTPError", OSError))
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in ``directory``, with the dtypes stored in the files, on the CPU.
+
+    Looked for in this order: ``model.safetensors``, ``diffusion_pytorch_model.safetensors``,
+    ``*.safetensors.index.json``, ``pytorch_model.bin``, ``diffusion_pytorch_model.bin``, ``*.bin.index.json``
+    (e.g. diffusers' ``diffusion_pytorch_model.bin.index.json``), then all ``pytorch_model-*.bin`` shards.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"no such model directory: {directory}")
+    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
+        if (directory / name).is_file():
+            return _read_file(directory / name)
+    indexes = [directory / SAFETENSORS_INDEX_NAME] + sorted(directory.glob("*.safetensors.index.json"))
+    for index in indexes:
+        if index.is_file():
+            return _read_index(index)
+    for name in (BIN_NAME, "diffusion_pytorch_model.bin"):
+        if (directory / name).is_file():
+            return _read_file(directory / name)
+    for index in sorted(directory.glob("*.bin.index.json")):
+        return _read_index(index)
+    shards = sorted(directory.glob("pytorch_model-*.bin"))
+    if shards:
+        return _merge(shards)
+    raise CheckpointError(f"no weights found in {directory}: expected {ACCEPTED_WEIGHTS}")
+
+
+def _read_index(index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shard_names = list(dict.fromkeys(weight_map.values()))  # unique, in order
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{index} is corrupt or truncated (re-download it): no readable weight_map") from None
+    shards = [index.parent / name for name in shard_names]
+    for shard in shards:
+        if not shard.is_file():
+            raise CheckpointError(f"{index.name} names shard {shard.name}, which is missing from {index.parent} "
+                                  "(incomplete download?)")
+    return _merge(shards)
+
+
+def _merge(files: Iterable[Path]) -> dict[str, torch.Tensor]:
+    merged: dict[str, torch.Tensor] = {}
+    for path in files:
+        merged.update(_read_file(path))
+    return merged
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except SafetensorError as exc:
+            raise _corrupt(path, exc) from None
+    try:
+        # mmap avoids holding a second full copy of a multi-GB file; only the zip format supports it.
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # a damaged pickle stream, not a disallowed object
+            raise _corrupt(path, exc) from None
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects, not just tensors, and unpickling them could run "
+            "code; only plain state dicts of tensors are accepted"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:  # torch.load fails with many exception types on damaged files
+        raise _corrupt(path, exc) from None
+    return _as_state_dict(data, path)
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+    return CheckpointError(f"{path} is corrupt or truncated (re-download it): {reason}")
+
+
+def _as_state_dict(data: object, path: Path) -> dict[str, torch.Tensor]:
+    # Training scripts sometimes save {"state_dict": sd} or {"module": sd} (DeepSpeed); unwrap that one level.
+    if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in ("state_dict", "module"):
+        data = next(iter(data.values()))
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in data.items()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, tied_lm_head: bool) -> None:
+    """Load ``state_dict`` into ``model`` after a strict check of names and shapes.
+
+    The check runs before anything is changed, so on a mismatch the model is untouched. Tensors are *assigned*
+    (``load_state_dict(assign=True)``): a model built on the meta device gets the checkpoint's tensors without
+    a second allocation, and parameters keep the dtype stored in the file (the caller casts). On a model that
+    already has real parameters, each tensor first moves to its parameter's device.
+
+    With ``tied_lm_head`` the checkpoint may omit ``showo.lm_head.weight``; either way the head ends up as the
+    same Parameter as ``showo.model.embed_tokens.weight`` (a stored head that differs from the embeddings is
+    ignored with a warning). Non-persistent buffers (rotary tables) are recomputed on the parameters' device.
+    """
+    state_dict = dict(state_dict)
+    expected = model.state_dict()  # on a meta model these are meta tensors: shapes only, nothing allocated
+    problem = _mismatch_message(expected, state_dict, optional={LM_HEAD_KEY} if tied_lm_head else set())
+    if problem:
+        raise CheckpointError(problem)
+    if tied_lm_head:
+        embed, head = state_dict[EMBED_KEY], state_dict.get(LM_HEAD_KEY)
+        if head is not None and not (head.dtype == embed.dtype and torch.equal(head, embed)):
+            warnings.warn(f"{LM_HEAD_KEY} in the checkpoint differs from {EMBED_KEY}; the head is tied to the "
+                          "embeddings, so the stored head is ignored", stacklevel=2)
+        state_dict[LM_HEAD_KEY] = embed
+    for key, target in expected.items():
+        if not target.is_meta:
+            state_dict[key] = state_dict[key].to(target.device)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    if tied_lm_head:
+        model.get_submodule("showo.lm_head").weight = model.get_parameter(EMBED_KEY)
+    _rebuild_buffers(model, model.get_parameter(EMBED_KEY).device)
+
+
+def _mismatch_message(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
+                      optional: set[str]) -> str | None:
+    missing = [k for k in expected if k not in got and k not in optional]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [f"{k}: checkpoint {list(got[k].shape)} vs model {list(expected[k].shape)}"
+              for k in expected if k in got and got[k].shape != expected[k].shape]
+    parts = [_listing(len(missing), "missing key", missing), _listing(len(unexpected), "unexpected key", unexpected),
+             _listing(len(shapes), "shape mismatch", shapes, plural="shape mismatches")]
+    parts = [p for p in parts if p]
+    return "checkpoint does not match the model: " + ", ".join(parts) if parts else None
+
+
+def _listing(count: int, noun: str, items: list[str], plural: str | None = None) -> str:
+    if not count:
+        return ""
+    shown = ", ".join(items[:_MAX_LISTED]) + (", ..." if count > _MAX_LISTED else "")
+    return f"{count} {noun if count == 1 else plural or noun + 's'} ({shown})"
+
+
+def _rebuild_buffers(model: nn.Module, device: torch.device) -> None:
+    """Give every buffer left on the meta device (non-persistent ones are not in checkpoints) real values."""
+    for module in model.modules():
+        meta = [name for name, b in module._buffers.items() if b is not None and b.is_meta]
+        for name in meta:  # placeholders on the right device; the values come just below
+            module._buffers[name] = torch.empty_like(module._buffers[name], device=device)
+        # transformers' rotary modules (showo.model.rotary_emb: unused by our forward pass, but .to() would fail on
+        # a meta tensor): recompute their tables the way their __init__ does.
+        if "inv_freq" in meta and getattr(module, "rope_type", None) == "default":
+            inv_freq, _ = module.compute_default_rope_parameters(module.config)
+            module.inv_freq = inv_freq.to(device)
+            if "original_inv_freq" in meta:
+                module.original_inv_freq = inv_freq.clone().to(device)
+    if hasattr(model, "reset_buffers"):
+        model.reset_buffers()  # Showo2's own rotary tables (llm_inv_freq, head_inv_freq)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def write_safetensors(model: nn.Module, directory: str | Path, max_shard_bytes: int = 5 * 2**30) -> list[Path]:
+    """Write ``model`` as safetensors in the official key layout; returns the files written.
+
+    A tied ``showo.lm_head.weight`` is left out (safetensors refuses shared tensors; loading re-ties it). Above
+    ``max_shard_bytes`` the tensors are split into ``model-0000i-of-0000N.safetensors`` with a
+    ``model.safetensors.index.json``. Earlier safetensors weights in ``directory`` are removed first, since a stale
+    ``model.safetensors`` would take precedence over a new index when reading.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in [directory / SAFETENSORS_NAME, directory / SAFETENSORS_INDEX_NAME,
+                *directory.glob("model-*-of-*.safetensors")]:
+        old.unlink(missing_ok=True)
+    state = _state_to_write(model, drop_tied_head=True)
+    shards = _shard(state, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], directory / SAFETENSORS_NAME, metadata={"format": "pt"})
+        return [directory / SAFETENSORS_NAME]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, directory / name, metadata={"format": "pt"})
+    index = directory / SAFETENSORS_INDEX_NAME
+    _write_index(index, shards, names)
+    return [directory / n for n in names] + [index]
+
+
+def write_official_bin(model: nn.Module, directory: str | Path) -> Path:
+    """The official upstream layout: one ``pytorch_model.bin`` with every key, tied ``showo.lm_head.weight`` too."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(_state_to_write(model, drop_tied_head=False), directory / BIN_NAME)
+    return directory / BIN_NAME
+
+
+def write_official_sharded_bin(model: nn.Module, directory: str | Path, shard_bytes: int) -> list[Path]:
+    """Upstream's sharded layout: ``pytorch_model-0000i-of-0000N.bin`` + ``diffusion_pytorch_model.bin.index.json``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = _shard(_state_to_write(model, drop_tied_head=False), shard_bytes)
+    names = [f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        torch.save(shard, directory / name)
+    index = directory / DIFFUSERS_BIN_INDEX_NAME
+    _write_index(index, shards, names)
+    return [directory / n for n in names] + [index]
+
+
+def _state_to_write(model: nn.Module, *, drop_tied_head: bool) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if drop_tied_head and LM_HEAD_KEY in state and _head_is_tied(model):
+        del state[LM_HEAD_KEY]
+    return state
+
+
+def _head_is_tied(model: nn.Module) -> bool:
+    return model.get_parameter(LM_HEAD_KEY) is model.get_parameter(EMBED_KEY)
+
+
+def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Greedy split in key order; a tensor larger than ``max_bytes`` gets a shard of its own."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
+
+
+def _write_index(index: Path, shards: list[dict[str, torch.Tensor]], names: list[str]) -> None:
+    total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
+    weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")

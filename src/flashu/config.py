@@ -1,0 +1,327 @@
+"""Show-o2 model configuration: every dimension is a field, with named presets.
+
+Presets:
+  * ``1.5b`` / ``7b`` — the official Show-o2 dimensions (Qwen2.5-1.5B/7B-Instruct + SigLIP-so400m 26 layers +
+    a 10-block, 2048-wide flow head + the Wan2.1 VAE).
+  * ``tiny`` — random init, a denoising step in milliseconds on a CPU; for tests.
+  * ``small`` — the 1.5B proportions (28 decoder layers, GQA 6:1, FFN 5.83×H, 26 SigLIP layers, 10 head blocks)
+    scaled down so a full 50-step generation takes tens of seconds on a CPU; for benchmarks.
+
+The official ``config.json`` carries only a few fields (hidden size, latent grid, vocabulary...); the LLM
+dimensions come from ``llm_model_path``. :func:`Showo2Config.from_official_dict` maps it back; our own
+``save_pretrained`` writes the official fields plus a ``flashu`` block with every dimension, so nothing needs a
+network to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+WAN_LATENTS_MEAN = [
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+]
+WAN_LATENTS_STD = [
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+]
+
+
+@dataclass
+class LLMConfig:
+    """The Qwen2 decoder (``showo``)."""
+
+    hidden_size: int = 1536
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: int = 128
+    intermediate_size: int = 8960
+    vocab_size: int = 151669
+    tie_word_embeddings: bool = True
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+
+
+@dataclass
+class VisionConfig:
+    """The semantic branch ``und_trans`` (SigLIP encoder layers) and its position table."""
+
+    hidden_size: int = 1152
+    num_layers: int = 26
+    num_heads: int = 16
+    intermediate_size: int = 4304
+    layer_norm_eps: float = 1e-6
+    position_grid: int = 27  # the position table is position_grid² rows; other grids interpolate it
+
+
+@dataclass
+class FlowHeadConfig:
+    """The flow head: ``diffusion_head_a`` adaLN blocks and the ``diffusion_head_b`` final layer."""
+
+    hidden_size: int = 2048
+    num_layers: int = 10
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 64
+    intermediate_size: int = 8192
+    block_norm_eps: float = 1e-5
+    qk_norm_eps: float = 1e-6
+    final_norm_eps: float = 1e-6
+    time_frequency_dim: int = 256
+    rope_theta: float = 500_000.0
+    rope_factor: float = 32.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
+
+
+@dataclass
+class VAEConfig:
+    """``diffusers.AutoencoderKLWan`` constructor fields (the Wan2.1 VAE by default)."""
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+    temperal_downsample: list[bool] = field(default_factory=lambda: [False, True, True])
+    latents_mean: list[float] = field(default_factory=lambda: list(WAN_LATENTS_MEAN))
+    latents_std: list[float] = field(default_factory=lambda: list(WAN_LATENTS_STD))
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+
+@dataclass
+class Showo2Config:
+    """Everything needed to build a Show-o2 model without touching the network."""
+
+    name: str = "custom"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    patch_size: int = 2
+    image_size: int = 432  # default resolution in pixels; other multiples of vae factor × patch work too
+    max_text_len: int = 290  # prompt tokens kept in text-to-image (longer prompts are truncated)
+    tokenizer: str = "qwen2.5"  # "qwen2.5" (from the checkpoint directory) or "local-bytes" (built offline)
+    llm_model_path: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    clip_pretrained_model_path: str = "google/siglip-so400m-patch14-384"
+    default_steps: int = 50
+    default_guidance: float = 5.0
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.z_dim
+
+    @property
+    def pixels_per_token(self) -> int:
+        return self.vae.spatial_factor * self.patch_size
+
+    def grid_for(self, image_size: int) -> int:
+        """Tokens per side of the image grid at ``image_size`` pixels (validated)."""
+        unit = self.pixels_per_token
+        if image_size <= 0 or image_size % unit:
+            raise ConfigError(
+                f"image size {image_size} is not a positive multiple of {unit} "
+                f"(VAE factor {self.vae.spatial_factor} × patch {self.patch_size}); pick e.g. {self.image_size}"
+            )
+        return image_size // unit
+
+    @property
+    def grid(self) -> int:
+        return self.grid_for(self.image_size)
+
+    @property
+    def patch_dim(self) -> int:
+        """Flow-head outputs per image token: patch² latent pixels × channels."""
+        return self.patch_size * self.patch_size * self.latent_channels
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "Showo2Config":
+        llm, vis, head = self.llm, self.vision, self.head
+        checks = [
+            (llm.num_heads % llm.num_kv_heads == 0, "llm.num_heads must be a multiple of llm.num_kv_heads"),
+            (head.num_heads % head.num_kv_heads == 0, "head.num_heads must be a multiple of head.num_kv_heads"),
+            (vis.hidden_size % vis.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads"),
+            (llm.head_dim % 2 == 0 and head.head_dim % 2 == 0, "head_dim must be even (rotary embedding)"),
+            (head.time_frequency_dim % 2 == 0, "head.time_frequency_dim must be even"),
+            (len(self.vae.temperal_downsample) == len(self.vae.dim_mult) - 1,
+             "vae.temperal_downsample needs len(vae.dim_mult) - 1 entries"),
+            (len(self.vae.latents_mean) == self.vae.z_dim == len(self.vae.latents_std),
+             "vae.latents_mean/std need vae.z_dim entries"),
+            (self.max_text_len > 0, "max_text_len must be positive"),
+            (self.tokenizer in ("qwen2.5", "local-bytes"), "tokenizer must be 'qwen2.5' or 'local-bytes'"),
+        ]
+        for name, value in _positive_ints(self):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.grid_for(self.image_size)
+        return self
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Showo2Config":
+        data = dict(data)
+        subs = {"llm": LLMConfig, "vision": VisionConfig, "head": FlowHeadConfig, "vae": VAEConfig}
+        try:
+            for key, sub in subs.items():
+                if key in data:
+                    data[key] = sub(**data[key])
+            return cls(**data).validate()
+        except TypeError as exc:  # unknown field names
+            raise ConfigError(f"invalid model config: {exc}") from None
+
+    def to_official_dict(self) -> dict[str, Any]:
+        """``config.json`` as the official ``Showo2Qwen2_5`` writes it, plus our full ``flashu`` block."""
+        return {
+            "_class_name": "Showo2Qwen2_5",
+            "_diffusers_version": "0.31.0",
+            "add_qk_norm": True,
+            "add_time_embeds": True,
+            "clip_latent_dim": self.vision.hidden_size,
+            "clip_pretrained_model_path": self.clip_pretrained_model_path,
+            "hidden_size": self.llm.hidden_size,
+            "image_latent_dim": self.latent_channels,
+            "image_latent_height": self.grid,
+            "image_latent_width": self.grid,
+            "llm_model_path": self.llm_model_path,
+            "llm_vocab_size": self.llm.vocab_size,
+            "load_from_showo": True,
+            "num_diffusion_layers": self.head.num_layers,
+            "patch_size": self.patch_size,
+            "video_latent_height": self.grid,
+            "video_latent_width": self.grid,
+            "flashu": self.to_dict(),
+        }
+
+    @classmethod
+    def from_official_dict(cls, data: dict[str, Any]) -> "Showo2Config":
+        """Rebuild a config from an official (or our) ``config.json``."""
+        if "flashu" in data:
+            return cls.from_dict(data["flashu"])
+        hidden = data.get("hidden_size")
+        base = next((p for p in (preset("1.5b"), preset("7b")) if p.llm.hidden_size == hidden), None)
+        if base is None:
+            raise ConfigError(
+                f"config.json has hidden_size={hidden}; only the official Show-o2 sizes 1536 (1.5B) and 3584 (7B) "
+                "can be rebuilt from an official config.json"
+            )
+        try:
+            base.llm.vocab_size = int(data.get("llm_vocab_size", base.llm.vocab_size))
+            base.vision.hidden_size = int(data.get("clip_latent_dim", base.vision.hidden_size))
+            base.head.num_layers = int(data.get("num_diffusion_layers", base.head.num_layers))
+            base.patch_size = int(data.get("patch_size", base.patch_size))
+            # "image_latent_height" is the image-token grid (27 at 432²): upstream sizes its position ids by it.
+            grid = int(data.get("image_latent_height", 27))
+            if grid != int(data.get("image_latent_width", grid)):
+                raise ConfigError("config.json: only square latent grids are supported")
+            base.image_size = grid * base.patch_size * base.vae.spatial_factor
+            base.llm_model_path = data.get("llm_model_path", base.llm_model_path)
+            base.clip_pretrained_model_path = data.get("clip_pretrained_model_path", base.clip_pretrained_model_path)
+            if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²
+                base.max_text_len = 251
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid value in config.json: {exc}") from None
+        if int(data.get("image_latent_dim", base.latent_channels)) != base.latent_channels:
+            raise ConfigError("config.json image_latent_dim must be 16 (the Wan2.1 VAE) for official checkpoints")
+        return base.validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _positive_ints(cfg: Showo2Config):
+    for part_name in ("llm", "vision", "head", "vae"):
+        part = getattr(cfg, part_name)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                yield f"{part_name}.{f.name}", value
+    for name in ("patch_size", "image_size", "default_steps"):
+        yield name, getattr(cfg, name)
+
+
+def _official(hidden: int) -> Showo2Config:
+    if hidden == 1536:
+        llm = LLMConfig()
+        path = "Qwen/Qwen2.5-1.5B-Instruct"
+    else:
+        llm = LLMConfig(hidden_size=3584, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+                        tie_word_embeddings=False)
+        path = "Qwen/Qwen2.5-7B-Instruct"
+    return Showo2Config(name="1.5b" if hidden == 1536 else "7b", llm=llm, llm_model_path=path)
+
+
+def _local_vae(base_dim: int, z_dim: int, dim_mult: list[int]) -> VAEConfig:
+    mean = (WAN_LATENTS_MEAN * 2)[:z_dim]
+    std = (WAN_LATENTS_STD * 2)[:z_dim]
+    return VAEConfig(base_dim=base_dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=1,
+                     temperal_downsample=[False] * (len(dim_mult) - 1), latents_mean=mean, latents_std=std)
+
+
+LOCAL_VOCAB_SIZE = 320  # 256 byte tokens + special tokens, rounded up
+
+
+def _tiny() -> Showo2Config:
+    return Showo2Config(
+        name="tiny",
+        llm=LLMConfig(hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=256, vocab_size=LOCAL_VOCAB_SIZE, tie_word_embeddings=True),
+        vision=VisionConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, position_grid=8),
+        head=FlowHeadConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=24,
+                            intermediate_size=192, time_frequency_dim=32),
+        vae=_local_vae(base_dim=8, z_dim=4, dim_mult=[1, 2]),
+        image_size=32, max_text_len=48, tokenizer="local-bytes",
+        llm_model_path="", clip_pretrained_model_path="", default_steps=10,
+    )
+
+
+def _small() -> Showo2Config:
+    return Showo2Config(
+        name="small",
+        llm=LLMConfig(hidden_size=192, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=16,
+                      intermediate_size=1120, vocab_size=LOCAL_VOCAB_SIZE, tie_word_embeddings=True),
+        vision=VisionConfig(hidden_size=144, num_layers=26, num_heads=4, intermediate_size=544, position_grid=16),
+        head=FlowHeadConfig(hidden_size=256, num_layers=10, num_heads=8, num_kv_heads=2, head_dim=32,
+                            intermediate_size=1024, time_frequency_dim=64),
+        vae=_local_vae(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4]),
+        image_size=256, max_text_len=64, tokenizer="local-bytes",
+        llm_model_path="", clip_pretrained_model_path="",
+    )
+
+
+_PRESETS = {"1.5b": lambda: _official(1536), "7b": lambda: _official(3584), "tiny": _tiny, "small": _small}
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def preset(name: str) -> Showo2Config:
+    """A fresh copy of a named preset."""
+    key = name.lower()
+    if key not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return _PRESETS[key]().validate()
+
+
+def load_config_file(path: str | Path) -> Showo2Config:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model config {path} must hold a JSON object")
+    return Showo2Config.from_official_dict(data)

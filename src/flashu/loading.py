@@ -1,0 +1,102 @@
+"""``load_model`` / ``save_pretrained``: presets, local directories in the official layout, hub ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .bundle import Showo2Bundle
+from .checkpoint import load_into, read_state_dict, resolve_checkpoint_dir, write_safetensors
+from .config import PRESET_NAMES, Showo2Config, load_config_file, preset
+from .errors import CheckpointError, FlashuError
+from .model import Showo2
+from .tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
+from .vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FlashuError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlashuError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise FlashuError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    key = str(dtype).lower()
+    if key not in DTYPES:
+        raise FlashuError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16 or auto")
+    return DTYPES[key]
+
+
+def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+               seed: int = 0) -> Showo2Bundle:
+    """Load Show-o2: a preset name (random weights, seeded), a local directory, or a hub id.
+
+    Directories may hold the official layout (``config.json`` + ``pytorch_model.bin``, sharded ``.bin`` with an
+    index, or safetensors) or ours (``save_pretrained``). The Qwen2.5 tokenizer files and the VAE
+    (``Wan2.1_VAE.pth``, a diffusers ``vae/`` folder or ``vae.safetensors``) are read from the same directory.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if name_or_path.lower() in PRESET_NAMES:
+        return _random_preset(name_or_path.lower(), dt, dev, seed)
+    directory = resolve_checkpoint_dir(name_or_path)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{directory} has no config.json; it is not a Show-o2 checkpoint directory")
+    config = load_config_file(config_file)
+    state = read_state_dict(directory)
+    tokenizer = load_tokenizer(config, directory)
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    vae = load_vae(directory, config.vae)
+    with torch.device("meta"):
+        model = Showo2(config)
+    load_into(model, state, tied_lm_head=config.llm.tie_word_embeddings)
+    del state
+    model = model.to(device=dev, dtype=dt).eval()
+    return Showo2Bundle(model=model, tokenizer=tokenizer, codec=LatentCodec(vae.to(dev)), special=special,
+                        source=str(name_or_path))
+
+
+def _random_preset(name: str, dtype: torch.dtype, device: torch.device, seed: int) -> Showo2Bundle:
+    config = preset(name)
+    model = Showo2(config)
+    model.init_random_weights(seed)
+    model = model.to(device=device, dtype=dtype).eval()
+    # Random presets use the offline byte-level tokenizer (same special-token roles as Qwen2.5's).
+    tokenizer = build_local_tokenizer()
+    vae = build_vae(config.vae)
+    seed_random_vae(vae, seed)
+    return Showo2Bundle(model=model, tokenizer=tokenizer, codec=LatentCodec(vae.to(device).eval()),
+                        special=SpecialTokens.from_tokenizer(tokenizer), source=name)
+
+
+def save_pretrained(bundle: Showo2Bundle, directory: str | Path) -> Path:
+    """Write config.json (official fields + a full ``flashu`` block), safetensors weights in the official key
+    layout, the tokenizer and the VAE. ``load_model(directory)`` reads it back exactly."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config: Showo2Config = bundle.config
+    if bundle.source in ("tiny", "small", "1.5b", "7b") and config.tokenizer == "qwen2.5":
+        config = Showo2Config.from_dict({**config.to_dict(), "tokenizer": "local-bytes"})
+    (out / "config.json").write_text(json.dumps(config.to_official_dict(), indent=2))
+    write_safetensors(bundle.model, out)
+    save_tokenizer(bundle.tokenizer, out)
+    save_vae(bundle.codec.vae, out)
+    return out

@@ -1,0 +1,94 @@
+"""The explicit per-call execution plan.
+
+Model code executes, acceleration code decides: every forward of the backbone and the flow head takes an
+:class:`ExecutionPlan` saying which decoder layers run, how much of each FFN runs, whether the flow-head block
+features are recomputed or supplied, which sequence positions survive and whether logits are needed. The default
+plan is the exact baseline; accelerated runs go through the same code with a different plan.
+
+Observers (:class:`Probe`) and token selectors (:class:`TokenSelector`) are how calibration, layer-importance
+measurement and visual-token pruning see inside a forward without patching it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, Sequence
+
+import torch
+
+LogitsMode = Literal["none", "last", "all"]
+
+
+class Probe:
+    """Observer of a backbone forward. Override what you need; every hook is a no-op by default.
+
+    Hooks receive tensors that are in use by the forward: do not modify them in place.
+    """
+
+    wants_linear_inputs: bool = False
+
+    def layer_io(self, layer: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> None:
+        """Called after each executed decoder layer with its input and output residual streams [B, L, H]."""
+
+    def linear_inputs(self, layer: int, name: str, x: torch.Tensor) -> None:
+        """Called (when ``wants_linear_inputs``) with the input of each linear map of a decoder layer.
+
+        ``name`` is one of ``qkv`` (input of q/k/v_proj), ``o`` (input of o_proj), ``gate_up`` (input of
+        gate/up_proj) and ``down`` (the intermediate activation, input of down_proj).
+        """
+
+
+class TokenSelector(Protocol):
+    """Drops sequence positions once, inside the backbone (visual-token pruning).
+
+    At decoder layer ``layer`` the model computes the keys and values of all positions, then calls
+    :meth:`select` and continues, from that layer on, with the returned positions only.
+    """
+
+    layer: int
+
+    def select(self, values: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor,
+               queries: torch.Tensor | None) -> torch.Tensor:
+        """``values``/``keys``: [B, kv_heads, L, head_dim]; ``hidden``: [B, L, H]; ``queries`` only when
+        ``needs_queries``. Returns sorted kept positions [B, L_kept] (same count for every row)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """What one forward computes. The default is the exact baseline.
+
+    Attributes:
+        layers: decoder layers to run, in order (``None``: all). A layer not listed is an identity.
+        ffn_ranges: per decoder layer, the FFN neuron range ``(start, stop)`` that runs (``None`` or a ``None``
+            entry: the full FFN). Ranges are contiguous so a pruned FFN is a slice of the full weights.
+        head_features: flow-head block outputs to reuse, [B, block_len, D] at the image-block positions
+            (``None``: recompute them). The final layer always runs with the current time step.
+        run_backbone: when ``head_features`` is supplied, whether the backbone still runs (its output is then
+            only seen by the probe). ``False`` skips the SigLIP branch, fusion, LLM and flow-head blocks.
+        keep_positions: sequence positions [0, n) kept from the start (``None``: all). Used to drop the tail
+            after the image block, which cannot influence it.
+        token_selector: visual-token pruning inside the backbone.
+        logits: which LM logits to compute: none (generation), the last position (prefill) or all.
+        probe: observer of the backbone.
+    """
+
+    layers: Sequence[int] | None = None
+    ffn_ranges: Sequence[tuple[int, int] | None] | None = None
+    head_features: torch.Tensor | None = None
+    run_backbone: bool = True
+    keep_positions: int | None = None
+    token_selector: TokenSelector | None = None
+    logits: LogitsMode = "none"
+    probe: Probe | None = field(default=None, compare=False)
+
+    def with_(self, **changes) -> "ExecutionPlan":
+        return replace(self, **changes)
+
+    def ffn_range(self, layer: int) -> tuple[int, int] | None:
+        if self.ffn_ranges is None:
+            return None
+        return self.ffn_ranges[layer]
+
+
+BASELINE = ExecutionPlan()

@@ -1,0 +1,370 @@
+"""Show-o2 in PyTorch, with the official parameter names, executed under an explicit :class:`ExecutionPlan`.
+
+The modules are parameter containers (transformers' ``Qwen2ForCausalLM`` and ``SiglipEncoder`` give the exact
+official key names); the forward passes below are ours, so that a plan can choose layers, FFN neuron ranges,
+kept positions and reused head features without patching anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Showo2Config
+from .layers import (
+    FinalLayer, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
+    default_inv_freq, layer_norm_fp32, llama3_inv_freq, modulate, rms_norm, rope_tables, swiglu,
+)
+from .plan import BASELINE, ExecutionPlan
+
+
+def omni_attention_mask(length: int, block_offsets: torch.Tensor, block_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Dense additive omni-attention mask [B, 1, L, L]: causal text, each image block bidirectional in itself."""
+    pos = torch.arange(length, device=block_offsets.device)
+    causal = pos[None, :, None] >= pos[None, None, :]
+    inside = (pos[None, :] >= block_offsets[:, None]) & (pos[None, :] < block_offsets[:, None] + block_len)
+    allowed = causal | (inside[:, :, None] & inside[:, None, :])
+    return additive_mask(allowed[:, None], dtype)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+class KVCache:
+    """Per-layer key/value store for KV-cached decoding. Layers may hold different lengths (token pruning and
+    layer skipping change what each layer has seen); keys are stored after RoPE."""
+
+    def __init__(self, num_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def length(self, layer: int) -> int:
+        k = self.keys[layer]
+        return 0 if k is None else k.shape[2]
+
+
+@dataclass
+class BackboneOutput:
+    hidden: torch.Tensor  # post-norm final states [B, L', H] (L' < L after token pruning)
+    logits: torch.Tensor | None
+    positions: torch.Tensor  # positions of the surviving rows [B, L']
+
+
+@dataclass
+class GenerationInputs:
+    """One batch of text-to-image rows (CFG rows included): token ids with placeholders for the image block."""
+
+    input_ids: torch.Tensor  # [B, L]
+    block_offsets: torch.Tensor  # [B] index of the time token
+    block_len: int  # 1 time token + image tokens
+    mask: torch.Tensor  # [B, 1, L, L] additive
+
+    @property
+    def used_length(self) -> int:
+        """Positions up to the end of the last row's image block; later ones cannot influence any block."""
+        return int(self.block_offsets.max()) + self.block_len
+
+
+@dataclass
+class GenerationOutput:
+    velocity: torch.Tensor  # [B, C, h, w] (unguided, per row)
+    head_features: torch.Tensor  # flow-head block outputs at the image-block positions [B, block_len, D]
+    backbone: BackboneOutput | None  # None when the backbone did not run
+
+
+class Showo2(nn.Module):
+    """The Show-o2 network (``Showo2Qwen2_5``). Build from a :class:`Showo2Config` alone."""
+
+    def __init__(self, config: Showo2Config):
+        super().__init__()
+        from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig
+        from transformers.models.siglip.modeling_siglip import SiglipEncoder
+
+        config.validate()
+        self.config = config
+        llm, vis, head = config.llm, config.vision, config.head
+        qwen = Qwen2Config(
+            vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size,
+            num_hidden_layers=llm.num_layers, num_attention_heads=llm.num_heads,
+            num_key_value_heads=llm.num_kv_heads, head_dim=llm.head_dim, rms_norm_eps=llm.rms_norm_eps,
+            tie_word_embeddings=llm.tie_word_embeddings, rope_theta=llm.rope_theta,
+        )
+        self.showo = Qwen2ForCausalLM(qwen)
+        C, p = config.latent_channels, config.patch_size
+        self.image_embedder_und = PatchEmbed(C, vis.hidden_size, p)
+        self.image_embedder_gen = PatchEmbed(C, llm.hidden_size, p)
+        self.position_embedding = nn.Embedding(vis.position_grid ** 2, vis.hidden_size)
+        self.und_trans = SiglipEncoder(SiglipVisionConfig(
+            hidden_size=vis.hidden_size, intermediate_size=vis.intermediate_size, num_hidden_layers=vis.num_layers,
+            num_attention_heads=vis.num_heads, layer_norm_eps=vis.layer_norm_eps, hidden_act="gelu_pytorch_tanh",
+        ))
+        fused = vis.hidden_size + llm.hidden_size
+        self.fusion_proj = nn.Sequential(
+            RMSNorm(fused, 1e-6), nn.Linear(fused, llm.hidden_size), nn.GELU(), nn.Linear(llm.hidden_size, llm.hidden_size)
+        )
+        D = head.hidden_size
+        self.time_embed = TimestepEmbedder(D, head.time_frequency_dim)
+        if llm.hidden_size != D:  # upstream only has the projections when the widths differ
+            self.time_embed_proj = nn.Linear(D, llm.hidden_size)
+            self.diff_proj = nn.Sequential(nn.Linear(llm.hidden_size, D), nn.GELU(), nn.Linear(D, D))
+        self.diffusion_head_a = nn.ModuleList([
+            ModulatedAttentionBlock(D, head.num_heads, head.num_kv_heads, head.head_dim, head.intermediate_size,
+                                    head.block_norm_eps, head.qk_norm_eps)
+            for _ in range(head.num_layers)
+        ])
+        self.diffusion_head_b = FinalLayer(D, config.patch_dim, head.final_norm_eps)
+        self.register_buffer("llm_inv_freq", torch.empty(llm.head_dim // 2), persistent=False)
+        self.register_buffer("head_inv_freq", torch.empty(head.head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the non-persistent rotary tables, e.g. after ``to_empty`` when loading from the meta device."""
+        llm, head = self.config.llm, self.config.head
+        if self.llm_inv_freq.is_meta:
+            return
+        with torch.device("cpu"):
+            llm_freq = default_inv_freq(llm.head_dim, llm.rope_theta)
+            head_freq = llama3_inv_freq(head.head_dim, head.rope_theta, head.rope_factor, head.rope_low_freq_factor,
+                                        head.rope_high_freq_factor, head.rope_original_max_position)
+        self.llm_inv_freq = llm_freq.to(self.llm_inv_freq.device)
+        self.head_inv_freq = head_freq.to(self.head_inv_freq.device)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.showo.model.layers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.showo.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.showo.model.embed_tokens.weight.device
+
+    def tie_weights_if_needed(self) -> None:
+        if self.config.llm.tie_word_embeddings:
+            self.showo.lm_head.weight = self.showo.model.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_random_weights(self, seed: int = 0, std: float = 0.02) -> None:
+        """Seeded random weights for the random presets: every linear/conv/embedding ~ N(0, std²), norms at 1.
+
+        Unlike upstream's zero-init of adaLN and the output layer (a training choice), this gives a network whose
+        outputs depend on every component, which is what tests and speed measurements need.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        for name, param in self.named_parameters():
+            if param.ndim == 1 and ("norm" in name or "layer_norm" in name or name.endswith("_norm.weight")):
+                param.fill_(1.0)
+            elif param.ndim == 1:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+        # layer norm biases back to zero (SigLIP LayerNorm has weight and bias)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.bias.zero_()
+        self.tie_weights_if_needed()
+
+    # ------------------------------------------------------------------ visual branches
+    def position_table(self, grid: int) -> torch.Tensor:
+        """SigLIP position embeddings for a ``grid``×``grid`` token grid (bicubic-interpolated if needed)."""
+        table = self.position_embedding.weight
+        g0 = self.config.vision.position_grid
+        if grid == g0:
+            return table
+        square = table.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
+        resized = F.interpolate(square, size=(grid, grid), mode="bicubic", align_corners=False)
+        return resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(table.dtype)
+
+    def semantic_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """The understanding branch: patch embed + position table + SigLIP layers (no post-LN)."""
+        grid = latents.shape[-1] // self.config.patch_size
+        x = self.image_embedder_und(latents) + self.position_table(grid)
+        heads = self.config.vision.num_heads
+        for layer in self.und_trans.layers:
+            attn = layer.self_attn
+            h = layer_norm_fp32(x, layer.layer_norm1)
+            B, L, _ = h.shape
+            q = attn.q_proj(h).view(B, L, heads, -1).transpose(1, 2)
+            k = attn.k_proj(h).view(B, L, heads, -1).transpose(1, 2)
+            v = attn.v_proj(h).view(B, L, heads, -1).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, -1)
+            x = x + attn.out_proj(o)
+            h = layer_norm_fp32(x, layer.layer_norm2)
+            x = x + layer.mlp.fc2(F.gelu(layer.mlp.fc1(h), approximate="tanh"))
+        return x
+
+    def image_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """Fused image embeddings [B, N, H] placed into the LLM sequence (both branches + fusion)."""
+        latents = latents.to(self.dtype)
+        und = self.semantic_tokens(latents)
+        gen = self.image_embedder_gen(latents)
+        return self.fusion_proj(torch.cat([und, gen], dim=-1))
+
+    def time_conditioning(self, t: torch.Tensor) -> torch.Tensor:
+        """adaLN conditioning ``c`` [B, D] from raw t ∈ [0, 1]."""
+        return self.time_embed(t.reshape(-1), self.dtype)
+
+    def time_token(self, c: torch.Tensor) -> torch.Tensor:
+        return self.time_embed_proj(c) if hasattr(self, "time_embed_proj") else c
+
+    def place_image_block(self, embeds: torch.Tensor, block_offsets: torch.Tensor, time_token: torch.Tensor,
+                          image_tokens: torch.Tensor) -> torch.Tensor:
+        """Write [time token, image tokens] into ``embeds`` at each row's block offset."""
+        block = torch.cat([time_token[:, None].to(embeds.dtype), image_tokens.to(embeds.dtype)], dim=1)
+        index = block_offsets[:, None] + torch.arange(block.shape[1], device=embeds.device)
+        return embeds.scatter(1, index[..., None].expand(-1, -1, embeds.shape[-1]), block)
+
+    # ------------------------------------------------------------------ LLM backbone
+    def run_backbone(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                     plan: ExecutionPlan = BASELINE, cache: KVCache | None = None) -> BackboneOutput:
+        """The Qwen2 decoder under ``plan``. ``mask``: additive [B, 1, L, Lk] (``None``: attend to everything,
+        the single-token decoding case). With ``cache``, new keys/values are appended and attention covers them."""
+        cfg = self.config.llm
+        cos, sin = rope_tables(self.llm_inv_freq, positions, embeds.dtype)
+        x = embeds
+        probe, selector = plan.probe, plan.token_selector
+        selected = selector is None
+        layer_ids = range(cfg.num_layers) if plan.layers is None else plan.layers
+        for i in layer_ids:
+            layer = self.layers[i]
+            attn = layer.self_attn
+            x_in = x
+            h = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
+            if probe is not None and probe.wants_linear_inputs:
+                probe.linear_inputs(i, "qkv", h)
+            B, L, _ = h.shape
+            q = attn.q_proj(h).view(B, L, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(B, L, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(B, L, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if not selected and i >= selector.layer:
+                keep = selector.select(v, k, x, q if getattr(selector, "needs_queries", False) else None)
+                selected = True
+                x, x_in, q, k, v, cos, sin, positions, mask = _gather_positions(
+                    keep, x, x_in, q, k, v, cos, sin, positions, mask)
+            if cache is not None:
+                k, v = cache.update(i, k, v)
+            o = attention(q, k, v, mask).transpose(1, 2).reshape(B, q.shape[2], -1)
+            if probe is not None and probe.wants_linear_inputs:
+                probe.linear_inputs(i, "o", o)
+            x = x + attn.o_proj(o)
+            h = rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
+            if probe is not None and probe.wants_linear_inputs:
+                probe.linear_inputs(i, "gate_up", h)
+                hook = lambda act, i=i: probe.linear_inputs(i, "down", act)  # noqa: E731
+            else:
+                hook = None
+            x = x + swiglu(layer.mlp, h, plan.ffn_range(i), hook)
+            if probe is not None:
+                probe.layer_io(i, x_in, x)
+        hidden = rms_norm(x, self.showo.model.norm.weight, cfg.rms_norm_eps)
+        logits = None
+        if plan.logits == "last":
+            logits = self.showo.lm_head(hidden[:, -1:])
+        elif plan.logits == "all":
+            logits = self.showo.lm_head(hidden)
+        return BackboneOutput(hidden=hidden, logits=logits, positions=positions)
+
+    # ------------------------------------------------------------------ flow head
+    def run_head_blocks(self, hidden: torch.Tensor, c: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                        block_offsets: torch.Tensor, block_len: int) -> torch.Tensor:
+        """``diff_proj`` + the adaLN blocks over the whole sequence; returns the features [B, L, D]."""
+        head = self.config.head
+        x = self.diff_proj(hidden) if hasattr(self, "diff_proj") else hidden
+        B, L, _ = x.shape
+        pos = torch.arange(L, device=x.device)
+        inside = ((pos[None] >= block_offsets[:, None]) & (pos[None] < block_offsets[:, None] + block_len))[..., None]
+        inside_f = inside.to(x.dtype)
+        cos, sin = rope_tables(self.head_inv_freq, positions, x.dtype)
+        for block in self.diffusion_head_a:
+            mods = block.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+            attn = block.self_attn
+            # Only image-block positions are modulated; elsewhere shift = scale = 0 and gate = 1 (exactly).
+            h = modulate(block.input_layernorm(x), inside_f * shift_msa, inside_f * scale_msa)
+            q = attn.q_norm(attn.q_proj(h).view(B, L, head.num_heads, head.head_dim)).transpose(1, 2)
+            k = attn.k_norm(attn.k_proj(h).view(B, L, head.num_kv_heads, head.head_dim)).transpose(1, 2)
+            v = attn.v_proj(h).view(B, L, head.num_kv_heads, head.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            o = attn.o_proj(attention(q, k, v, mask).transpose(1, 2).reshape(B, L, -1))
+            x = x + torch.where(inside, gate_msa.to(x.dtype), 1) * o
+            h = modulate(block.post_attention_layernorm(x), inside_f * shift_mlp, inside_f * scale_mlp)
+            x = x + torch.where(inside, gate_mlp.to(x.dtype), 1) * swiglu(block.mlp, h)
+        return x
+
+    def velocity_from_features(self, block_features: torch.Tensor, c: torch.Tensor, grid: int) -> torch.Tensor:
+        """Final adaLN layer on the image tokens (time token dropped) + the official plain-reshape unpatchify."""
+        tokens = self.diffusion_head_b(block_features[:, 1:], c)
+        return unpatchify(tokens, grid, self.config.patch_size, self.config.latent_channels)
+
+    # ------------------------------------------------------------------ one text-to-image evaluation
+    def forward_generation(self, latents: torch.Tensor, t: torch.Tensor, inputs: GenerationInputs,
+                           plan: ExecutionPlan = BASELINE) -> GenerationOutput:
+        """One denoising evaluation: v(x_t, t) for every row (CFG rows are ordinary rows here)."""
+        grid = latents.shape[-1] // self.config.patch_size
+        c = self.time_conditioning(t)
+        backbone = None
+        features = plan.head_features
+        if features is None or plan.run_backbone:
+            length = inputs.input_ids.shape[1] if plan.keep_positions is None else plan.keep_positions
+            ids = inputs.input_ids[:, :length]
+            mask = inputs.mask[..., :length, :length]
+            embeds = self.showo.model.embed_tokens(ids)
+            embeds = self.place_image_block(embeds, inputs.block_offsets, self.time_token(c),
+                                            self.image_tokens(latents))
+            positions = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
+            backbone = self.run_backbone(embeds, positions, mask, plan)
+            if features is None:
+                full = self.run_head_blocks(backbone.hidden, c, positions, mask, inputs.block_offsets,
+                                            inputs.block_len)
+                index = inputs.block_offsets[:, None] + torch.arange(inputs.block_len, device=full.device)
+                features = full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))
+        velocity = self.velocity_from_features(features, c, grid)
+        return GenerationOutput(velocity=velocity, head_features=features, backbone=backbone)
+
+
+def unpatchify(tokens: torch.Tensor, grid: int, patch: int, channels: int) -> torch.Tensor:
+    """Show-o2's unpatchify: a plain reshape, *not* the DiT permute.
+
+    Token k's ``patch²·C`` outputs are ``patch²`` consecutive raster-order latent pixels (channel fastest), i.e.
+    pixels ``patch²·k … patch²·k + patch² − 1`` of the row-major latent — the layout the weights were trained on.
+    """
+    B = tokens.shape[0]
+    side = grid * patch
+    return tokens.reshape(B, side * side, channels).transpose(1, 2).reshape(B, channels, side, side)
+
+
+def patchify_targets(latents: torch.Tensor, patch: int) -> torch.Tensor:
+    """Inverse of :func:`unpatchify` (the training-label layout): [B, C, h, w] → [B, N, patch²·C]."""
+    B, C, H, W = latents.shape
+    return latents.reshape(B, C, H * W).transpose(1, 2).reshape(B, (H * W) // (patch * patch), patch * patch * C)
+
+
+def _gather_positions(keep, x, x_in, q, k, v, cos, sin, positions, mask):
+    """Restrict every per-position tensor to the kept positions [B, n] (visual-token pruning)."""
+    def rows(t, dim):
+        shape = [1] * t.ndim
+        shape[0], shape[dim] = keep.shape[0], keep.shape[1]
+        idx = keep.view(shape).expand(*[s if d != dim else keep.shape[1] for d, s in enumerate(t.shape)])
+        return t.gather(dim, idx)
+    x, x_in = rows(x, 1), rows(x_in, 1)
+    q, k, v = rows(q, 2), rows(k, 2), rows(v, 2)
+    cos, sin, positions = rows(cos, 1), rows(sin, 1), rows(positions, 1)
+    if mask is not None:
+        mask = rows(rows(mask, 2), 3)
+    return x, x_in, q, k, v, cos, sin, positions, mask

@@ -1,0 +1,194 @@
+"""Text-to-image with Show-o2's official semantics, driven by a per-request :class:`GenerationSession`.
+
+Sequence per prompt (official layout, length ``max_text_len + block_len + 4``)::
+
+    cond   : [bos] prompt(≤ max_text_len) [boi] [img_pad]×block_len [eoi] [eos] [pad]×(max_text_len − Lp)
+    uncond : [bos] [boi] [img_pad]×block_len [eoi] [eos] [pad]×max_text_len
+
+with ``block_len = 1 + grid²`` (time token + image tokens). CFG rows are ``[cond…; uncond…]`` sharing the noise.
+The session decides the plan of every evaluation; the baseline session runs the default plan.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..bundle import Showo2Bundle
+from ..errors import FlashuError
+from ..images import to_pil
+from ..model import BASELINE, ExecutionPlan, GenerationInputs, GenerationOutput, omni_attention_mask
+from ..sampling import euler_update, guided, time_grid
+
+
+@dataclass
+class DenoisingSchedule:
+    """The time grid (N points, N − 1 evaluations) and the guidance scale of each evaluation."""
+
+    grid: torch.Tensor
+    guidance: list[float]
+
+    @property
+    def num_evaluations(self) -> int:
+        return len(self.grid) - 1
+
+
+class GenerationSession(Protocol):
+    """Per-request decisions and state of one generation (never stored on the model)."""
+
+    schedule: DenoisingSchedule
+
+    def plan(self, k: int) -> ExecutionPlan:
+        """The plan of evaluation ``k`` (0-based)."""
+
+    def observe(self, k: int, output: GenerationOutput) -> None:
+        """See the output of evaluation ``k`` (e.g. to cache head features or re-rank layers)."""
+
+    def stats(self) -> dict:
+        """Counts worth reporting (evaluations with reused head, skipped layers…)."""
+
+
+class GenerationPolicy(Protocol):
+    """Creates a fresh session for each request."""
+
+    name: str
+
+    def start(self, bundle: Showo2Bundle, inputs: GenerationInputs, steps: int, guidance: float) -> GenerationSession:
+        ...
+
+
+class BaselineSession:
+    def __init__(self, inputs: GenerationInputs, steps: int, guidance: float, exact: bool):
+        grid = time_grid(steps)
+        self.schedule = DenoisingSchedule(grid, [guidance] * (steps - 1))
+        # "exact" trims only what provably cannot change the result: the positions after every image block.
+        self._plan = BASELINE.with_(keep_positions=inputs.used_length) if exact else BASELINE
+
+    def plan(self, k: int) -> ExecutionPlan:
+        return self._plan
+
+    def observe(self, k: int, output: GenerationOutput) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {}
+
+
+@dataclass
+class BaselinePolicy:
+    """The unaccelerated model (``exact=True``: plus the exact trims, same mathematics)."""
+
+    exact: bool = False
+
+    @property
+    def name(self) -> str:
+        return "exact" if self.exact else "none"
+
+    def start(self, bundle, inputs, steps, guidance) -> GenerationSession:
+        return BaselineSession(inputs, steps, guidance, self.exact)
+
+
+@dataclass
+class GenerationResult:
+    images: list  # PIL images, one per prompt
+    latents: torch.Tensor  # final normalized latents [B, C, h, w] (fp32)
+    evaluations: int
+    timings: dict[str, float]  # seconds per phase
+    stats: dict = field(default_factory=dict)
+
+
+def build_generation_inputs(bundle: Showo2Bundle, prompts: Sequence[str], image_size: int,
+                            with_uncond: bool) -> GenerationInputs:
+    cfg, sp = bundle.config, bundle.special
+    block_len = cfg.grid_for(image_size) ** 2 + 1
+    max_text = cfg.max_text_len
+    rows, offsets = [], []
+    for prompt in prompts:
+        ids = bundle.encode_text(prompt)
+        if len(ids) > max_text:
+            warnings.warn(f"prompt has {len(ids)} tokens; truncated to the first {max_text}", stacklevel=3)
+            ids = ids[:max_text]
+        rows.append([sp.bos, *ids, sp.boi] + [sp.img_pad] * block_len + [sp.eoi, sp.eos]
+                    + [sp.pad] * (max_text - len(ids)))
+        offsets.append(len(ids) + 2)
+    if with_uncond:
+        for _ in prompts:
+            rows.append([sp.bos, sp.boi] + [sp.img_pad] * block_len + [sp.eoi, sp.eos] + [sp.pad] * max_text)
+            offsets.append(2)
+    device = bundle.device
+    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+    block_offsets = torch.tensor(offsets, dtype=torch.long, device=device)
+    mask = omni_attention_mask(input_ids.shape[1], block_offsets, block_len, bundle.dtype)
+    return GenerationInputs(input_ids=input_ids, block_offsets=block_offsets, block_len=block_len, mask=mask)
+
+
+def initial_noise(bundle: Showo2Bundle, count: int, image_size: int, seed: int) -> torch.Tensor:
+    """x_0 ~ N(0, I) in fp32, drawn on the CPU from ``seed`` so results do not depend on the device."""
+    side = image_size // bundle.config.vae.spatial_factor
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(count, bundle.config.latent_channels, side, side, generator=gen).to(bundle.device)
+
+
+def validate_prompts(prompts: Sequence[str]) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise FlashuError("no prompt given: pass at least one prompt")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise FlashuError("empty prompt: give a non-empty text prompt")
+    return prompts
+
+
+@torch.no_grad()
+def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int | None = None,
+             guidance: float | None = None, seed: int = 0, image_size: int | None = None,
+             policy: GenerationPolicy | None = None, progress: bool = True, decode: bool = True) -> GenerationResult:
+    """Generate one image per prompt. ``steps`` counts grid points (N points → N − 1 evaluations).
+
+    ``guidance`` > 0 runs classifier-free guidance with an empty-prompt row per prompt; 0 runs the conditional
+    rows only.
+    """
+    cfg = bundle.config
+    prompts = validate_prompts(prompts)
+    steps = cfg.default_steps if steps is None else int(steps)
+    guidance = cfg.default_guidance if guidance is None else float(guidance)
+    if guidance < 0:
+        raise FlashuError(f"guidance must be >= 0, got {guidance}")
+    image_size = cfg.image_size if image_size is None else int(image_size)
+    cfg.grid_for(image_size)
+    policy = policy or BaselinePolicy()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    use_cfg = guidance > 0
+    inputs = build_generation_inputs(bundle, prompts, image_size, with_uncond=use_cfg)
+    session = policy.start(bundle, inputs, steps, guidance)
+    schedule = session.schedule
+    n = len(prompts)
+    x = initial_noise(bundle, n, image_size, seed)
+    timings["prepare"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    grid = schedule.grid.tolist()
+    for k in tqdm(range(schedule.num_evaluations), desc="denoising", unit="eval", disable=not progress,
+                  leave=False):
+        rows = torch.cat([x, x]) if use_cfg else x
+        t = torch.full((rows.shape[0],), grid[k], device=x.device)
+        output = bundle.model.forward_generation(rows.to(bundle.dtype), t, inputs, session.plan(k))
+        session.observe(k, output)
+        v = guided(output.velocity, schedule.guidance[k], n) if use_cfg else output.velocity.float()
+        x = euler_update(x, v, grid[k], grid[k + 1])
+    timings["denoise"] = time.perf_counter() - t0
+
+    images = []
+    if decode:
+        t0 = time.perf_counter()
+        images = to_pil(bundle.codec.decode(x))
+        timings["decode"] = time.perf_counter() - t0
+    return GenerationResult(images=images, latents=x, evaluations=schedule.num_evaluations, timings=timings,
+                            stats=session.stats())
