@@ -19,6 +19,7 @@ class Showo2Bundle:
     codec: LatentCodec
     special: SpecialTokens
     source: str  # preset name, directory or hub id it came from
+    acceleration: object | None = None  # set by flashu.accelerate (model-level, never per-request state)
 
     @property
     def config(self) -> Showo2Config:

@@ -62,6 +62,7 @@ class ExecutionPlan:
         layers: decoder layers to run, in order (``None``: all). A layer not listed is an identity.
         ffn_ranges: per decoder layer, the FFN neuron range ``(start, stop)`` that runs (``None`` or a ``None``
             entry: the full FFN). Ranges are contiguous so a pruned FFN is a slice of the full weights.
+        attention_ranges: per decoder layer, the range of GQA KV groups that run (with their query heads).
         head_features: flow-head block outputs to reuse, [B, block_len, D] at the image-block positions
             (``None``: recompute them). The final layer always runs with the current time step.
         run_backbone: when ``head_features`` is supplied, whether the backbone still runs (its output is then
@@ -75,6 +76,7 @@ class ExecutionPlan:
 
     layers: Sequence[int] | None = None
     ffn_ranges: Sequence[tuple[int, int] | None] | None = None
+    attention_ranges: Sequence[tuple[int, int] | None] | None = None
     head_features: torch.Tensor | None = None
     run_backbone: bool = True
     keep_positions: int | None = None
@@ -86,9 +88,10 @@ class ExecutionPlan:
         return replace(self, **changes)
 
     def ffn_range(self, layer: int) -> tuple[int, int] | None:
-        if self.ffn_ranges is None:
-            return None
-        return self.ffn_ranges[layer]
+        return None if self.ffn_ranges is None else self.ffn_ranges[layer]
+
+    def attention_range(self, layer: int) -> tuple[int, int] | None:
+        return None if self.attention_ranges is None else self.attention_ranges[layer]
 
 
 BASELINE = ExecutionPlan()

@@ -248,9 +248,10 @@ class Showo2(nn.Module):
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "qkv", h)
             B, L, _ = h.shape
-            q = attn.q_proj(h).view(B, L, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(B, L, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(B, L, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+            wq, bq, wk, bk, wv, bv, wo = _attention_weights(attn, plan.attention_range(i), cfg)
+            q = F.linear(h, wq, bq).view(B, L, -1, cfg.head_dim).transpose(1, 2)
+            k = F.linear(h, wk, bk).view(B, L, -1, cfg.head_dim).transpose(1, 2)
+            v = F.linear(h, wv, bv).view(B, L, -1, cfg.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if not selected and i >= selector.layer:
                 keep = selector.select(v, k, x, q if getattr(selector, "needs_queries", False) else None)
@@ -262,7 +263,7 @@ class Showo2(nn.Module):
             o = attention(q, k, v, mask).transpose(1, 2).reshape(B, q.shape[2], -1)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "o", o)
-            x = x + attn.o_proj(o)
+            x = x + F.linear(o, wo)
             h = rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "gate_up", h)
@@ -353,6 +354,18 @@ def patchify_targets(latents: torch.Tensor, patch: int) -> torch.Tensor:
     """Inverse of :func:`unpatchify` (the training-label layout): [B, C, h, w] → [B, N, patch²·C]."""
     B, C, H, W = latents.shape
     return latents.reshape(B, C, H * W).transpose(1, 2).reshape(B, (H * W) // (patch * patch), patch * patch * C)
+
+
+def _attention_weights(attn: nn.Module, groups: tuple[int, int] | None, cfg):
+    """q/k/v/o weights of the whole attention or of the KV-group range ``groups`` (slices, never copies)."""
+    wq, bq, wk, bk = attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias
+    wv, bv, wo = attn.v_proj.weight, attn.v_proj.bias, attn.o_proj.weight
+    if groups is None:
+        return wq, bq, wk, bk, wv, bv, wo
+    g0, g1 = groups
+    q_rows = cfg.num_heads // cfg.num_kv_heads * cfg.head_dim
+    qs, ks = slice(g0 * q_rows, g1 * q_rows), slice(g0 * cfg.head_dim, g1 * cfg.head_dim)
+    return wq[qs], bq[qs], wk[ks], bk[ks], wv[ks], bv[ks], wo[:, qs]
 
 
 def _gather_positions(keep, x, x_in, q, k, v, cos, sin, positions, mask):

@@ -126,7 +126,9 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max
     """Answer ``question`` about ``image`` greedily (KV-cached)."""
     if int(max_new_tokens) <= 0:
         raise FlashuError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    policy = policy or BaselineUnderstanding()
+    if policy is None:
+        acc = bundle.acceleration
+        policy = (acc.understanding_policy() if acc is not None else None) or BaselineUnderstanding()
     timings = {}
     t0 = time.perf_counter()
     inputs = build_understanding_inputs(bundle, image, question, image_size)

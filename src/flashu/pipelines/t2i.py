@@ -102,6 +102,13 @@ class GenerationResult:
     stats: dict = field(default_factory=dict)
 
 
+def default_generation_policy(bundle: Showo2Bundle) -> GenerationPolicy:
+    """The accelerated policy when ``flashu.accelerate`` was applied to the bundle, else the baseline."""
+    acc = bundle.acceleration
+    policy = acc.generation_policy() if acc is not None else None
+    return policy or BaselinePolicy()
+
+
 def build_generation_inputs(bundle: Showo2Bundle, prompts: Sequence[str], image_size: int,
                             with_uncond: bool) -> GenerationInputs:
     cfg, sp = bundle.config, bundle.special
@@ -161,7 +168,7 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
         raise FlashuError(f"guidance must be >= 0, got {guidance}")
     image_size = cfg.image_size if image_size is None else int(image_size)
     cfg.grid_for(image_size)
-    policy = policy or BaselinePolicy()
+    policy = policy or default_generation_policy(bundle)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
