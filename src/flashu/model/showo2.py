@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from ..config import Showo2Config
 from .layers import (
@@ -211,9 +212,11 @@ class Showo2(nn.Module):
     def image_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """Fused image embeddings [B, N, H] placed into the LLM sequence (both branches + fusion)."""
         latents = latents.to(self.dtype)
-        und = self.semantic_tokens(latents)
-        gen = self.image_embedder_gen(latents)
-        return self.fusion_proj(torch.cat([und, gen], dim=-1))
+        with record_function("flashu.siglip"):
+            und = self.semantic_tokens(latents)
+        with record_function("flashu.fusion"):
+            gen = self.image_embedder_gen(latents)
+            return self.fusion_proj(torch.cat([und, gen], dim=-1))
 
     def time_conditioning(self, t: torch.Tensor) -> torch.Tensor:
         """adaLN conditioning ``c`` [B, D] from raw t ∈ [0, 1]."""
@@ -329,13 +332,16 @@ class Showo2(nn.Module):
             embeds = self.place_image_block(embeds, inputs.block_offsets, self.time_token(c),
                                             self.image_tokens(latents))
             positions = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
-            backbone = self.run_backbone(embeds, positions, mask, plan)
+            with record_function("flashu.llm"):
+                backbone = self.run_backbone(embeds, positions, mask, plan)
             if features is None:
-                full = self.run_head_blocks(backbone.hidden, c, positions, mask, inputs.block_offsets,
-                                            inputs.block_len)
+                with record_function("flashu.flow_head"):
+                    full = self.run_head_blocks(backbone.hidden, c, positions, mask, inputs.block_offsets,
+                                                inputs.block_len)
                 index = inputs.block_offsets[:, None] + torch.arange(inputs.block_len, device=full.device)
                 features = full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))
-        velocity = self.velocity_from_features(features, c, grid)
+        with record_function("flashu.flow_head"):
+            velocity = self.velocity_from_features(features, c, grid)
         return GenerationOutput(velocity=velocity, head_features=features, backbone=backbone)
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 from PIL import Image
+from torch.profiler import record_function
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
@@ -103,7 +104,8 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str, q
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
         image = load_image(image)
     pixels = preprocess_image(image, size)[None].to(bundle.device)
-    latents = bundle.codec.encode(pixels)
+    with record_function("flashu.vae"):
+        latents = bundle.codec.encode(pixels)
     block_len = grid * grid + 1
     prefix = [sp.bos, *bundle.encode_text(SYSTEM_PREFIX), sp.boi]
     ids = prefix + [sp.img_pad] * block_len + [sp.eoi] + bundle.encode_text(question) \
@@ -122,8 +124,15 @@ def prefill_embeddings(bundle: Showo2Bundle, inputs: UnderstandingInputs) -> tor
 
 @torch.no_grad()
 def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max_new_tokens: int = 300,
-           policy: UnderstandingPolicy | None = None, image_size: int | None = None) -> Answer:
-    """Answer ``question`` about ``image`` greedily (KV-cached)."""
+           policy: UnderstandingPolicy | None = None, image_size: int | None = None,
+           ignore_eos: bool = False) -> Answer:
+    """Answer ``question`` about ``image`` greedily (KV-cached).
+
+    ``ignore_eos``: decode exactly ``max_new_tokens`` tokens, feeding ``<|im_end|>`` back like any token (for
+    fixed-length speed measurements); the text still ends at the first ``<|im_end|>``. ``timings["prefill"]``
+    covers the visual branches + fusion (also ``timings["prefill_vision"]``) and the backbone prefill (also
+    ``timings["prefill_backbone"]``).
+    """
     if int(max_new_tokens) <= 0:
         raise FlashuError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if policy is None:
@@ -138,20 +147,37 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max
     model, eos = bundle.model, bundle.special.eos
     t0 = time.perf_counter()
     embeds = prefill_embeddings(bundle, inputs)
+    t1 = time.perf_counter()
     length = embeds.shape[1]
     offsets = torch.tensor([inputs.block_offset], device=bundle.device)
     mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
     positions = torch.arange(length, device=bundle.device)[None]
     cache = KVCache(bundle.config.llm.num_layers)
-    out = model.run_backbone(embeds, positions, mask, session.prefill_plan(), cache)
+    with record_function("flashu.llm"):
+        out = model.run_backbone(embeds, positions, mask, session.prefill_plan(), cache)
     session.observe(-1, out)
     kept = out.hidden.shape[1]
     token = int(out.logits[0, -1].argmax())
-    timings["prefill"] = time.perf_counter() - t0
+    t2 = time.perf_counter()
+    timings["prefill"] = t2 - t0
+    timings["prefill_vision"] = t1 - t0
+    timings["prefill_backbone"] = t2 - t1
 
     t0 = time.perf_counter()
+    with record_function("flashu.decode_loop"):
+        tokens = _greedy_decode(bundle, session, cache, token, length, max_new_tokens, ignore_eos)
+    timings["decode"] = time.perf_counter() - t0
+    answer_ids = tokens[:tokens.index(eos)] if eos in tokens else tokens
+    return Answer(text=bundle.decode_text(answer_ids).strip(), token_ids=tokens, timings=timings,
+                  prompt_tokens=length, kept_tokens=kept, stats=session.stats())
+
+
+def _greedy_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: KVCache, token: int, length: int,
+                   max_new_tokens: int, ignore_eos: bool) -> list[int]:
+    """KV-cached greedy decoding from the prefill's first ``token``; positions continue from ``length``."""
+    model, eos = bundle.model, bundle.special.eos
     tokens = [token]
-    while token != eos and len(tokens) < max_new_tokens:
+    while (ignore_eos or token != eos) and len(tokens) < max_new_tokens:
         index = len(tokens)
         embeds = model.showo.model.embed_tokens(torch.tensor([[token]], device=bundle.device))
         pos = torch.tensor([[length + index - 1]], device=bundle.device)
@@ -159,10 +185,7 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max
         session.observe(index, out)
         token = int(out.logits[0, -1].argmax())
         tokens.append(token)
-    timings["decode"] = time.perf_counter() - t0
-    answer_ids = tokens[:-1] if tokens[-1] == eos else tokens
-    return Answer(text=bundle.decode_text(answer_ids).strip(), token_ids=tokens, timings=timings,
-                  prompt_tokens=length, kept_tokens=kept, stats=session.stats())
+    return tokens
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
@@ -195,7 +196,8 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     images = []
     if decode:
         t0 = time.perf_counter()
-        images = to_pil(bundle.codec.decode(x))
+        with record_function("flashu.vae"):
+            images = to_pil(bundle.codec.decode(x))
         timings["decode"] = time.perf_counter() - t0
     return GenerationResult(images=images, latents=x, evaluations=schedule.num_evaluations, timings=timings,
                             stats=session.stats())
