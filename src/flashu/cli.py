@@ -234,6 +234,216 @@ def info(model, steps, question_tokens, as_json):
         click.echo(render_report(report))
 
 
+@main.command()
+@model_option
+@click.option("--task", type=click.Choice(["t2i", "mmu", "both"]), default="both", show_default=True)
+@click.option("--configs", default="none,exact,paper,plus", show_default=True,
+              help="Comma-separated: none, exact, FlashU presets, PRESET:SECTION.FIELD=VALUE overrides.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed interleaved rounds.")
+@click.option("--steps", type=int, default=None, help="t2i grid points (default: the model's).")
+@click.option("--guidance", type=float, default=None, help="t2i CFG scale (default: the model's).")
+@click.option("--prompt", "prompts", multiple=True, help="t2i prompt (repeatable; default: two built-in prompts).")
+@click.option("--image", "images", multiple=True, help="mmu image (repeatable, with --question).")
+@click.option("--question", "questions", multiple=True, help="mmu question (repeatable).")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True, help="mmu tokens decoded (eos ignored).")
+@click.option("--calibration-samples", type=int, default=20, show_default=True)
+@click.option("--instrument/--no-instrument", default=True, show_default=True,
+              help="Extra run per config for time per component and executed FLOPs.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report (JSON).")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a PNG figure.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option
+@dtype_option
+def bench(model, task, configs, repeats, steps, guidance, prompts, images, questions, max_new_tokens,
+          calibration_samples, instrument, json_out, plot_out, progress, device, dtype):
+    """Speed, FLOPs, memory and fidelity of configurations side by side (interleaved, median of repeats)."""
+    from .bench import TaskInputs, markdown, parse_config, plot, run_benchmark, split_configs
+    from .images import load_image
+    from .loading import load_model
+
+    tasks = ["t2i", "mmu"] if task == "both" else [task]
+    specs = split_configs(configs)
+    for t in tasks:
+        for spec in specs:
+            parse_config(spec, t)  # fail on a bad name before loading anything
+    if repeats < 1:
+        raise FlashuError(f"--repeats must be at least 1, got {repeats}")
+    if len(images) != len(questions) and images:
+        raise FlashuError("give one --question per --image")
+    inputs = TaskInputs(steps=steps, guidance=guidance, max_new_tokens=max_new_tokens)
+    if prompts:
+        inputs.prompts = list(prompts)
+    if images:
+        inputs.images = [load_image(i) for i in images]
+        inputs.questions = list(questions)
+    elif questions:
+        inputs.questions = list(questions)
+    bundle = load_model(model, dtype=dtype, device=device)
+    report = run_benchmark(bundle, tasks, specs, repeats=repeats, inputs=inputs,
+                           calibration_samples=calibration_samples, instrument=instrument, progress=progress)
+    click.echo(markdown(report))
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        plot(report, str(plot_out))
+        click.echo(f"wrote {plot_out}")
+
+
+# ---------------------------------------------------------------------------- flashu eval testbed (issue 6)
+@main.group("eval")
+def eval_group():
+    """Quality evaluation (accuracy and speed)."""
+
+
+@eval_group.command("testbed")
+@click.option("--model", "-m", default="testbed", show_default=True,
+              help="The shipped testbed, a save_pretrained directory, or a training run directory.")
+@click.option("--accel", "accels", multiple=True, default=("none",), show_default=True,
+              help="none | exact | a FlashU preset | a FlashU config JSON (repeat to compare).")
+@click.option("--n-gen", type=int, default=100, show_default=True, help="Test captions to generate.")
+@click.option("--n-mmu", type=int, default=200, show_default=True, help="Test questions to answer.")
+@click.option("--split", type=click.Choice(["test", "test_heldout", "validation"]), default="test",
+              show_default=True)
+@click.option("--steps", type=int, default=None, help="Grid points (default: the model's).")
+@click.option("--guidance", type=float, default=None, help="CFG scale (default: the model's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=10, show_default=True, help="Prompts per generate call.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the reports here.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_testbed(model, accels, n_gen, n_mmu, split, steps, guidance, seed, batch_size, json_out, progress):
+    """Generation and understanding accuracy on the shapes world, per acceleration config, with speed."""
+    from .testbed.evaluate import evaluate_many, format_reports, load_testbed, resolve_accel, write_json
+
+    for accel in accels:
+        resolve_accel(accel)  # fail on an unknown preset before loading anything
+    bundle = load_testbed(model)
+    reports = evaluate_many(bundle, list(accels), n_gen=n_gen, n_mmu=n_mmu, split=split, steps=steps,
+                            guidance=guidance, seed=seed, batch_size=batch_size, progress=progress)
+    click.echo(format_reports(reports))
+    if json_out:
+        click.echo(f"wrote {write_json(reports, json_out)}")
+
+
+@main.command()
+@click.option("--model", "-m", default="testbed", show_default=True,
+              help="The shipped testbed (default), a save_pretrained directory or a training run.")
+@click.option("--configs", default="none,paper,plus", show_default=True)
+@click.option("--images", "n_gen", type=int, default=8, show_default=True, help="Test captions to generate.")
+@click.option("--questions", "n_mmu", type=int, default=24, show_default=True, help="Test questions to answer.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("flashu-demo.png"), show_default=True,
+              help="Image grid: one column per configuration.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def demo(model, configs, n_gen, n_mmu, out, progress):
+    """Baseline vs FlashU on the trained shapes-world testbed, offline: accuracy, speed and an image grid."""
+    from .bench import split_configs
+    from .demo import run_demo
+
+    result = run_demo(model, split_configs(configs), n_gen=n_gen, n_mmu=n_mmu, out=out, progress=progress)
+    click.echo(result["table"])
+    click.echo(f"wrote {result['grid']}")
+
+
+# ---------------------------------------------------------------------------- flashu eval t2i / mmu, analyze
+@eval_group.command("t2i")
+@model_option
+@click.option("--prompts", "prompts_source", required=True, type=click.Path(path_type=Path),
+              help="Plain text (one prompt per line), DPG-Bench prompts (folder of .txt, JSON or CSV) or "
+                   "GenEval metadata JSONL.")
+@click.option("--configs", default="none,paper", show_default=True)
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--steps", type=int, default=None)
+@click.option("--guidance", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--samples-per-prompt", type=int, default=None, help="Default: 1 (text), 4 (DPG-Bench, GenEval).")
+@click.option("--limit", type=int, default=None, help="Only the first N prompts.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option
+@dtype_option
+def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, seed, samples_per_prompt, limit,
+                     progress, device, dtype):
+    """Write images per configuration in the layout external scorers expect (resumable; torchrun-shardable)."""
+    from . import distributed
+    from .evaluation import eval_t2i, read_t2i_prompts
+    from .loading import load_model
+
+    read_t2i_prompts(prompts_source)  # fail on a bad prompt file before loading anything
+    shard = distributed.init()
+    try:
+        bundle = load_model(model, dtype=dtype, device=device or shard.device())
+        report = eval_t2i(bundle, prompts_source, configs, out_dir, steps=steps, guidance=guidance, seed=seed,
+                          samples_per_prompt=samples_per_prompt, limit=limit, shard=shard,
+                          progress=progress and shard.is_main)
+    finally:
+        distributed.shutdown()
+    if shard.is_main:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2, default=str))
+
+
+@eval_group.command("mmu")
+@model_option
+@click.option("--data", "data_jsonl", required=True, type=click.Path(path_type=Path),
+              help='JSONL of {"image": path, "question": text, "answer": text}.')
+@click.option("--configs", default="none,paper", show_default=True)
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option
+@dtype_option
+def eval_mmu_command(model, data_jsonl, configs, out_dir, max_new_tokens, limit, progress, device, dtype):
+    """Answer accuracy per configuration (resumable; torchrun-shardable)."""
+    from . import distributed
+    from .evaluation import eval_mmu, read_mmu_data
+    from .loading import load_model
+
+    read_mmu_data(data_jsonl)
+    shard = distributed.init()
+    try:
+        bundle = load_model(model, dtype=dtype, device=device or shard.device())
+        report = eval_mmu(bundle, data_jsonl, configs, out_dir, max_new_tokens=max_new_tokens, limit=limit,
+                          shard=shard, progress=progress and shard.is_main)
+    finally:
+        distributed.shutdown()
+    if shard.is_main:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2, default=str))
+
+
+@main.group("analyze")
+def analyze_group():
+    """Analyses of a unified model."""
+
+
+@analyze_group.command("specialization")
+@model_option
+@click.option("--samples", type=int, default=20, show_default=True, help="Prompts and image/question pairs.")
+@click.option("--top-fraction", type=float, default=0.5, show_default=True)
+@click.option("--no-loo", is_flag=True, help="Skip the leave-one-out squared-error importance.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option
+@dtype_option
+def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_out, progress, device, dtype):
+    """Per-layer FFN neuron importance per task, top-k overlap (paper Figure 1), cos-similarity profiles."""
+    from .analysis import markdown, plot_specialization, specialization
+    from .loading import load_model
+
+    if samples <= 0:
+        raise FlashuError(f"--samples must be positive, got {samples}")
+    if not 0 < top_fraction <= 1:
+        raise FlashuError(f"--top-fraction must be in (0, 1], got {top_fraction}")
+    bundle = load_model(model, dtype=dtype, device=device)
+    result = specialization(bundle, samples=samples, top_fraction=top_fraction, loo=not no_loo, progress=progress)
+    click.echo(markdown(result))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        plot_specialization(result, str(plot_out))
+        click.echo(f"wrote {plot_out}")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point: click in non-standalone mode so every user error becomes one line and exit status 2."""
     try:

@@ -6,6 +6,10 @@ Presets:
   * ``tiny`` — random init, a denoising step in milliseconds on a CPU; for tests.
   * ``small`` — the 1.5B proportions (28 decoder layers, GQA 6:1, FFN 5.83×H, 26 SigLIP layers, 10 head blocks)
     scaled down so a full 50-step generation takes tens of seconds on a CPU; for benchmarks.
+  * ``testbed`` — the trained shapes-world model shipped with flashu (``flashu.load_model("testbed")`` loads its
+    weights; ``preset("testbed")`` is the architecture): pixel space (no VAE: the latent of a 32×32 image in
+    [-1, 1] is the image itself, space-to-depth by 4 → 48 channels × 8×8), patch 1 → 64 image tokens, a 10-layer
+    decoder, a 2-layer SigLIP branch and a 2-block flow head.
 
 The official ``config.json`` carries only a few fields (hidden size, latent grid, vocabulary...); the LLM
 dimensions come from ``llm_model_path``. :func:`Showo2Config.from_official_dict` maps it back; our own
@@ -82,9 +86,22 @@ class FlowHeadConfig:
     rope_original_max_position: int = 8192
 
 
+VAE_KINDS = ("wan", "identity")
+
+
 @dataclass
 class VAEConfig:
-    """``diffusers.AutoencoderKLWan`` constructor fields (the Wan2.1 VAE by default)."""
+    """``diffusers.AutoencoderKLWan`` constructor fields (the Wan2.1 VAE by default).
+
+    ``kind="identity"``: pixel space, no VAE and no weights — the latent is the image in [-1, 1] itself, optionally
+    rearranged space-to-depth (``torch.nn.functional.pixel_unshuffle``) by ``space_to_depth`` = s: ``z_dim`` 3·s²,
+    ``spatial_factor`` s, mean 0 / std 1. The other fields are then unused.
+
+    Why space-to-depth: Show-o2's unpatchify is a plain reshape (token k writes latent pixels p²k … p²k + p² − 1 in
+    raster order) while its patch embedding reads the p×p block of token k, so with p > 1 every token must learn to
+    fetch its output pixels from other tokens through attention. With s² pixels folded into channels and patch 1,
+    token k reads and writes the same latent pixel (the same s×s block of the image).
+    """
 
     base_dim: int = 96
     z_dim: int = 16
@@ -93,10 +110,12 @@ class VAEConfig:
     temperal_downsample: list[bool] = field(default_factory=lambda: [False, True, True])
     latents_mean: list[float] = field(default_factory=lambda: list(WAN_LATENTS_MEAN))
     latents_std: list[float] = field(default_factory=lambda: list(WAN_LATENTS_STD))
+    kind: str = "wan"  # "wan" (AutoencoderKLWan) | "identity" (pixel space)
+    space_to_depth: int = 1  # identity only: pixels folded into channels per side
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        return self.space_to_depth if self.kind == "identity" else 2 ** (len(self.dim_mult) - 1)
 
 
 @dataclass
@@ -160,6 +179,11 @@ class Showo2Config:
              "vae.latents_mean/std need vae.z_dim entries"),
             (self.max_text_len > 0, "max_text_len must be positive"),
             (self.tokenizer in ("qwen2.5", "local-bytes"), "tokenizer must be 'qwen2.5' or 'local-bytes'"),
+            (self.vae.kind in VAE_KINDS, f"vae.kind must be one of {VAE_KINDS}, got {self.vae.kind!r}"),
+            (self.vae.kind != "identity" or (self.vae.z_dim == 3 * self.vae.space_to_depth ** 2
+                                             and set(self.vae.latents_mean) == {0.0}
+                                             and set(self.vae.latents_std) == {1.0}),
+             "vae.kind 'identity' (pixel space) needs z_dim = 3·space_to_depth², latents_mean 0 and latents_std 1"),
         ]
         for name, value in _positive_ints(self):
             if value <= 0:
@@ -305,7 +329,36 @@ def _small() -> Showo2Config:
     )
 
 
-_PRESETS = {"1.5b": lambda: _official(1536), "7b": lambda: _official(3584), "tiny": _tiny, "small": _small}
+def identity_vae(space_to_depth: int = 1) -> VAEConfig:
+    """Pixel space: no VAE, the image in [-1, 1] is the latent (space-to-depth by ``space_to_depth``)."""
+    z = 3 * space_to_depth ** 2
+    return VAEConfig(kind="identity", base_dim=1, z_dim=z, dim_mult=[1], num_res_blocks=1, temperal_downsample=[],
+                     latents_mean=[0.0] * z, latents_std=[1.0] * z, space_to_depth=space_to_depth)
+
+
+def _testbed() -> Showo2Config:
+    """The trained shapes-world model (``flashu.testbed``): ~4.2 M parameters, 32×32 px in pixel space.
+
+    Proportions of the official model where they matter to FlashU: a GQA 2:1 decoder with a 5× SwiGLU FFN (640
+    neurons: r_p 0.2 keeps 512, a multiple of the 64-neuron alignment) and 10 layers (r_LS 0.2 skips 2).
+    ``default_steps``/``default_guidance`` are the sampling settings the shipped checkpoint was evaluated with.
+    """
+    return Showo2Config(
+        name="testbed",
+        llm=LLMConfig(hidden_size=128, num_layers=10, num_heads=4, num_kv_heads=2, head_dim=32,
+                      intermediate_size=640, vocab_size=LOCAL_VOCAB_SIZE, tie_word_embeddings=True,
+                      rope_theta=10_000.0),
+        vision=VisionConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512, position_grid=8),
+        head=FlowHeadConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
+                            intermediate_size=512, time_frequency_dim=64),
+        vae=identity_vae(space_to_depth=4),
+        patch_size=1, image_size=32, max_text_len=48, tokenizer="local-bytes",
+        llm_model_path="", clip_pretrained_model_path="", default_steps=20, default_guidance=3.0,
+    )
+
+
+_PRESETS = {"1.5b": lambda: _official(1536), "7b": lambda: _official(3584), "tiny": _tiny, "small": _small,
+            "testbed": _testbed}
 PRESET_NAMES = tuple(_PRESETS)
 
 

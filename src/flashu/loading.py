@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -51,9 +52,22 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
     Directories may hold the official layout (``config.json`` + ``pytorch_model.bin``, sharded ``.bin`` with an
     index, or safetensors) or ours (``save_pretrained``). The Qwen2.5 tokenizer files and the VAE
     (``Wan2.1_VAE.pth``, a diffusers ``vae/`` folder or ``vae.safetensors``) are read from the same directory.
+
+    ``"testbed"`` is the trained shapes-world model shipped inside the package (:func:`testbed_dir`), not random
+    weights; ``preset("testbed")`` alone is its architecture.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if name_or_path.lower() == TESTBED:
+        directory = testbed_dir()
+        if not (directory / "config.json").is_file():
+            raise CheckpointError(
+                f"the packaged testbed checkpoint is missing from {directory}; reinstall flashu, or train it with "
+                "'python -m flashu.testbed.train' (see flashu/testbed/train.py)"
+            )
+        bundle = load_model(str(directory), dtype=dt, device=dev, seed=seed)
+        bundle.source = TESTBED
+        return bundle
     if name_or_path.lower() in PRESET_NAMES:
         return _random_preset(name_or_path.lower(), dt, dev, seed)
     directory = resolve_checkpoint_dir(name_or_path)
@@ -72,6 +86,14 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
     model = model.to(device=dev, dtype=dt).eval()
     return Showo2Bundle(model=model, tokenizer=tokenizer, codec=LatentCodec(vae.to(dev)), special=special,
                         source=str(name_or_path))
+
+
+TESTBED = "testbed"
+
+
+def testbed_dir() -> Path:
+    """Directory of the trained testbed checkpoint shipped in the package (``flashu/data/testbed``)."""
+    return Path(str(resources.files("flashu").joinpath("data", TESTBED)))
 
 
 def _random_preset(name: str, dtype: torch.dtype, device: torch.device, seed: int) -> Showo2Bundle:

@@ -2,6 +2,10 @@
 
 Show-o2 treats an image as a one-frame video: [B,3,H,W] becomes [B,3,1,H,W] for the VAE and the latent
 [B,C,1,h,w] is squeezed back to [B,C,h,w]. The VAE always runs in fp32, as in the official scripts.
+
+``VAEConfig(kind="identity")`` (the ``testbed`` preset) is pixel space: :class:`IdentityVAE` has no weights, the
+latent of an image is the image itself (rearranged space-to-depth by ``space_to_depth``, a lossless permutation)
+and decoding rearranges it back and clamps to [-1, 1].
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import safetensors.torch
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from torch.nn.functional import pixel_shuffle, pixel_unshuffle
 
+from .vae_image_mode import to_image_mode
 from .config import VAEConfig
 from .errors import CheckpointError
 
@@ -23,8 +29,23 @@ WAN_PTH = "Wan2.1_VAE.pth"
 VAE_SAFETENSORS = "vae.safetensors"
 
 
-def build_vae(vae_config: VAEConfig) -> AutoencoderKLWan:
-    """A randomly initialised ``AutoencoderKLWan`` with the config's dimensions, in eval mode."""
+class IdentityVAE(torch.nn.Module):
+    """Pixel space: no parameters; ``config`` carries what :class:`LatentCodec` reads (mean 0, std 1)."""
+
+    is_identity = True
+
+    def __init__(self, vae_config: VAEConfig) -> None:
+        super().__init__()
+        self.config = vae_config
+        # A buffer so the "VAE" has a device (moves with .to()); not saved, nothing to load.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+
+def build_vae(vae_config: VAEConfig) -> AutoencoderKLWan | IdentityVAE:
+    """A randomly initialised ``AutoencoderKLWan`` with the config's dimensions, in eval mode (pixel-space
+    configs: an :class:`IdentityVAE`)."""
+    if vae_config.kind == "identity":
+        return IdentityVAE(vae_config).eval()
     return AutoencoderKLWan(
         base_dim=vae_config.base_dim,
         z_dim=vae_config.z_dim,
@@ -63,18 +84,26 @@ class LatentCodec:
     posterior mean, not a sample (design §5: upstream samples; the mean is the deterministic choice).
     """
 
-    def __init__(self, vae: AutoencoderKLWan) -> None:
+    def __init__(self, vae: AutoencoderKLWan | IdentityVAE) -> None:
         self.vae = vae.float().eval()
+        self.identity = bool(getattr(vae, "is_identity", False))
+        if not self.identity:
+            # Exact for single frames and ~3–5× faster: the causal 3-D convs' zero-padded taps are skipped.
+            to_image_mode(self.vae)
         self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1)
 
     @property
     def device(self) -> torch.device:
+        if self.identity:
+            return self.vae._anchor.device
         return next(self.vae.parameters()).device
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1, 1] (any dtype) → fp32 normalized latents [B,C,H/f,W/f]."""
+        """[B,3,H,W] in [-1, 1] (any dtype) → fp32 normalized latents [B,C,H/f,W/f] (pixel space: the images)."""
+        if self.identity:
+            return pixel_unshuffle(images.to(device=self.device, dtype=torch.float32), self.vae.config.space_to_depth)
         video = images.to(device=self.device, dtype=torch.float32).unsqueeze(2)
         mu = self.vae.encode(video).latent_dist.mean.squeeze(2)
         return (mu - self.mean.to(mu.device)) * self.inv_std.to(mu.device)
@@ -83,12 +112,14 @@ class LatentCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalized latents [B,C,h,w] (any dtype) → fp32 images [B,3,h·f,w·f] clamped to [-1, 1]."""
         z = latents.to(device=self.device, dtype=torch.float32)
+        if self.identity:
+            return pixel_shuffle(z, self.vae.config.space_to_depth).clamp(-1.0, 1.0)
         z = z / self.inv_std.to(z.device) + self.mean.to(z.device)
         return self.vae.decode(z.unsqueeze(2)).sample.squeeze(2).clamp(-1.0, 1.0)
 
 
-def load_vae(directory: str | Path, vae_config: VAEConfig) -> AutoencoderKLWan:
-    """Load VAE weights from ``directory`` in the first layout found.
+def load_vae(directory: str | Path, vae_config: VAEConfig) -> AutoencoderKLWan | IdentityVAE:
+    """Load VAE weights from ``directory`` in the first layout found (pixel-space configs need none).
 
     1. ``Wan2.1_VAE.pth`` — the original Wan2.1 state dict, renamed by diffusers' converter. That converter
        hard-codes Wan2.1's decoder layout (``dim_mult`` of length 4, ``num_res_blocks`` 2); other widths work.
@@ -96,6 +127,8 @@ def load_vae(directory: str | Path, vae_config: VAEConfig) -> AutoencoderKLWan:
        ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``.
     3. ``vae.safetensors`` — our own :func:`save_vae` format, shaped by ``vae_config``.
     """
+    if vae_config.kind == "identity":
+        return build_vae(vae_config)
     root = Path(directory)
     if (root / WAN_PTH).is_file():
         vae = build_vae(vae_config)
@@ -117,8 +150,11 @@ def load_vae(directory: str | Path, vae_config: VAEConfig) -> AutoencoderKLWan:
     )
 
 
-def save_vae(vae: AutoencoderKLWan, directory: str | Path) -> Path:
-    """Write the VAE state dict to ``directory/vae.safetensors`` (its shape comes from the model config)."""
+def save_vae(vae: AutoencoderKLWan | IdentityVAE, directory: str | Path) -> Path | None:
+    """Write the VAE state dict to ``directory/vae.safetensors`` (its shape comes from the model config).
+    A pixel-space :class:`IdentityVAE` has nothing to write: returns None."""
+    if getattr(vae, "is_identity", False):
+        return None
     path = Path(directory) / VAE_SAFETENSORS
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(path))

@@ -1,0 +1,255 @@
+"""Quality and speed of a (possibly accelerated) model on the shapes world's test split.
+
+* **Generation**: images generated from the captions of the first ``n_gen`` scenes of the split, judged by
+  :func:`~flashu.testbed.checker.check_generation` — ``accuracy`` is the fraction with every attribute right, and
+  each attribute of :data:`~flashu.testbed.checker.ATTRIBUTES` is also reported on its own.
+* **Understanding**: the first ``n_mmu`` question/answer pairs of the split's scenes (in scene order, every
+  question of a scene), answered greedily, scored by exact match (:func:`~flashu.testbed.checker.score_answer`);
+  also per question kind (colour, shape, count, relation).
+* **Speed**: wall time per image (at ``batch_size`` prompts per call, CFG rows included) and per answer.
+
+Acceleration: ``none`` (baseline), ``exact`` (the lossless position trim), or any FlashU preset / config. FlashU's
+importance scores are calibrated on the shapes world's *train* split (captions for ``t2i``, image/question pairs
+for ``mmu``), never on the evaluated split; pass ``scores`` to reuse them across configs.
+
+``flashu eval testbed --accel none --accel paper`` runs this from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..accel.config import FlashUConfig, accel_preset
+from ..bundle import Showo2Bundle
+from ..errors import FlashuError
+from . import world
+from .checker import ATTRIBUTES, check_generation, score_answer
+
+BASELINES = ("none", "exact")
+
+
+def load_testbed(model: str = "testbed", device: str = "cpu") -> Showo2Bundle:
+    """The shipped testbed (``"testbed"``), a ``save_pretrained`` directory, or a training run (its directory or
+    ``checkpoint.pt``: the latest checkpoint of ``python -m flashu.testbed.train``)."""
+    path = Path(model)
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    if ckpt.suffix == ".pt" and ckpt.is_file():
+        from ..config import Showo2Config
+        from .train import build_bundle
+
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        bundle = build_bundle(Showo2Config.from_dict(state["model_config"]), 0)
+        bundle.model.load_state_dict(state["model"])
+        bundle.model.tie_weights_if_needed()
+        bundle.model.eval()
+        bundle.source = str(ckpt)
+        return bundle
+    from ..loading import load_model
+
+    return load_model(model, device=device, dtype="float32")
+
+
+def calibration_scores(bundle: Showo2Bundle, samples: int = 20, progress: bool = False) -> dict:
+    """FlashU importance scores for both tasks from the shapes world's train split."""
+    from ..accel.calibration import calibrate, default_pairs
+
+    prompts = world.prompts("train", samples)
+    return {"t2i": calibrate(bundle, "t2i", samples=samples, prompts=prompts, progress=progress),
+            "mmu": calibrate(bundle, "mmu", samples=samples, pairs=default_pairs(samples), progress=progress)}
+
+
+def resolve_accel(accel: str | FlashUConfig) -> FlashUConfig | str:
+    """``none``/``exact`` stay strings; a preset name or a JSON file becomes a :class:`FlashUConfig`."""
+    if isinstance(accel, FlashUConfig) or accel in BASELINES:
+        return accel
+    if str(accel).endswith(".json") or Path(str(accel)).is_file():
+        return FlashUConfig.from_file(accel)
+    return accel_preset(accel)
+
+
+@dataclass
+class _Items:
+    captions: list[str]
+    qas: list[tuple[object, str, str, str]]  # image, question, answer, kind
+
+
+def split_items(split: str, n_gen: int, n_mmu: int, size: int) -> _Items:
+    captions = world.prompts(split, n_gen)
+    qas, index = [], 0
+    while len(qas) < n_mmu:
+        example = world.sample(split, index, size)
+        for qa in example.qas:
+            if len(qas) < n_mmu:
+                qas.append((example.image, qa.question, qa.answer, qa.kind))
+        index += 1
+    return _Items(captions, qas)
+
+
+def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen: int = 100, n_mmu: int = 200,
+             split: str = "test", steps: int | None = None, guidance: float | None = None, seed: int = 0,
+             batch_size: int = 10, max_new_tokens: int = 16, scores: dict | None = None,
+             calibration_samples: int = 20, progress: bool = True, keep_images: bool = False) -> dict:
+    """Accuracy and speed of ``bundle`` under ``accel`` (see the module docstring). Returns a JSON-able dict;
+    with ``keep_images`` the generated PIL images are under ``"images"`` (not JSON-able)."""
+    from tqdm.auto import tqdm
+
+    from ..accel.api import accelerated
+    from ..pipelines.mmu import BaselineUnderstanding, answer
+    from ..pipelines.t2i import BaselinePolicy, generate
+
+    if n_gen < 0 or n_mmu < 0:
+        raise FlashuError("n_gen and n_mmu must be >= 0")
+    if batch_size <= 0:
+        raise FlashuError(f"batch_size must be positive, got {batch_size}")
+    if getattr(bundle, "acceleration", None) is not None:
+        raise FlashuError("evaluate an unaccelerated bundle (call flashu.restore first); pass accel= instead")
+    cfg = resolve_accel(accel)
+    name = cfg if isinstance(cfg, str) else cfg.name
+    steps = bundle.config.default_steps if steps is None else int(steps)
+    guidance = bundle.config.default_guidance if guidance is None else float(guidance)
+    items = split_items(split, n_gen, n_mmu, bundle.config.image_size)
+    report: dict = {"accel": name, "split": split, "model": bundle.source, "steps": steps, "guidance": guidance,
+                    "seed": seed, "batch_size": batch_size, "threads": torch.get_num_threads()}
+
+    gen_policy = mmu_policy = None
+    context = nullcontext()
+    if isinstance(cfg, str):
+        gen_policy, mmu_policy = BaselinePolicy(exact=cfg == "exact"), BaselineUnderstanding()
+    else:
+        needs = cfg.needs_generation_scores or cfg.needs_understanding_scores
+        if needs and scores is None:
+            t0 = time.perf_counter()
+            scores = calibration_scores(bundle, calibration_samples, progress=progress)
+            report["calibration_s"] = time.perf_counter() - t0
+        context = accelerated(bundle, cfg, scores=scores, progress=progress)
+
+    with context:
+        # ---------------------------------------------------------------- generation
+        verdicts, images, gen_time, evaluations = [], [], 0.0, 0
+        for start in tqdm(range(0, n_gen, batch_size), desc=f"generate [{name}]", unit="batch",
+                          disable=not progress or n_gen == 0):
+            batch = items.captions[start:start + batch_size]
+            t0 = time.perf_counter()
+            result = generate(bundle, batch, steps=steps, guidance=guidance, seed=seed + start,
+                              policy=gen_policy, progress=False)
+            gen_time += time.perf_counter() - t0
+            evaluations += result.evaluations
+            for image, caption in zip(result.images, batch):
+                verdicts.append(check_generation(image, caption))
+                if keep_images:
+                    images.append(image)
+        if n_gen:
+            per_attr = {a: sum(v.attributes()[a] for v in verdicts) / n_gen for a in ATTRIBUTES}
+            report["generation"] = {
+                "n": n_gen, "accuracy": sum(v.correct for v in verdicts) / n_gen, "attributes": per_attr,
+                "accuracy_single": _mean([v.correct for v in verdicts if len(v.expected.shapes) == 1]),
+                "accuracy_pair": _mean([v.correct for v in verdicts if len(v.expected.shapes) == 2]),
+                "seconds_per_image": gen_time / n_gen, "evaluations_per_batch": evaluations / len(
+                    range(0, n_gen, batch_size)),
+                "correct": [v.correct for v in verdicts],
+            }
+        if keep_images:
+            report["images"] = images
+
+        # ---------------------------------------------------------------- understanding
+        hits, kinds, answers, mmu_time = [], defaultdict(list), [], 0.0
+        for image, question, expected, kind in tqdm(items.qas, desc=f"answer [{name}]", unit="q",
+                                                    disable=not progress or n_mmu == 0):
+            t0 = time.perf_counter()
+            reply = answer(bundle, image, question, max_new_tokens=max_new_tokens, policy=mmu_policy)
+            mmu_time += time.perf_counter() - t0
+            ok = score_answer(reply.text, expected)
+            hits.append(ok)
+            kinds[kind].append(ok)
+            answers.append(reply.text)
+        if n_mmu:
+            report["understanding"] = {
+                "n": n_mmu, "accuracy": sum(hits) / n_mmu,
+                "by_kind": {k: sum(v) / len(v) for k, v in sorted(kinds.items())},
+                "seconds_per_answer": mmu_time / n_mmu, "answers": answers,
+            }
+    return report
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def evaluate_many(bundle: Showo2Bundle, accels: list[str], **kwargs) -> list[dict]:
+    """:func:`evaluate` for several configs with one calibration (shared importance scores)."""
+    reports, scores = [], kwargs.pop("scores", None)
+    for accel in accels:
+        cfg = resolve_accel(accel)
+        if not isinstance(cfg, str) and scores is None and (cfg.needs_generation_scores
+                                                            or cfg.needs_understanding_scores):
+            scores = calibration_scores(bundle, kwargs.get("calibration_samples", 20),
+                                        progress=kwargs.get("progress", True))
+        reports.append(evaluate(bundle, cfg, scores=scores, **kwargs))
+    return reports
+
+
+def format_reports(reports: list[dict]) -> str:
+    """A table: accuracy (and retention vs ``none`` when present), per-attribute accuracy and speed."""
+    base = next((r for r in reports if r["accel"] == "none"), None)
+    lines = []
+    head = (f"{'accel':<22}{'gen acc':>8}{'ret':>7}" + "".join(f"{a[:6]:>8}" for a in ATTRIBUTES)
+            + f"{'s/img':>8}{'x':>6}{'mmu acc':>9}{'ret':>7}{'s/ans':>8}{'x':>6}")
+    lines.append(head)
+    for r in reports:
+        g, u = r.get("generation"), r.get("understanding")
+        row = f"{r['accel']:<22}"
+        if g:
+            row += f"{g['accuracy'] * 100:>7.1f}%" + _ret(g["accuracy"], base, "generation", "accuracy")
+            row += "".join(f"{g['attributes'][a] * 100:>7.1f}%" for a in ATTRIBUTES)
+            row += f"{g['seconds_per_image']:>8.3f}" + _speedup(g["seconds_per_image"], base, "generation",
+                                                                "seconds_per_image")
+        else:
+            row += " " * (15 + 8 * len(ATTRIBUTES) + 14)
+        if u:
+            row += f"{u['accuracy'] * 100:>8.1f}%" + _ret(u["accuracy"], base, "understanding", "accuracy")
+            row += f"{u['seconds_per_answer']:>8.3f}" + _speedup(u["seconds_per_answer"], base, "understanding",
+                                                                 "seconds_per_answer")
+        lines.append(row)
+    first = reports[0] if reports else {}
+    lines.append(f"split {first.get('split')}, steps {first.get('steps')}, guidance {first.get('guidance')}, "
+                 f"batch {first.get('batch_size')}, threads {first.get('threads')}; ret = accuracy / baseline, "
+                 "x = speed-up vs baseline")
+    return "\n".join(lines)
+
+
+def _ret(value: float, base: dict | None, task: str, key: str) -> str:
+    ref = (base or {}).get(task, {}).get(key)
+    return f"{value / ref * 100:>6.1f}%" if ref else f"{'-':>7}"
+
+
+def _speedup(value: float, base: dict | None, task: str, key: str) -> str:
+    ref = (base or {}).get(task, {}).get(key)
+    return f"{ref / value:>5.2f}x" if ref and value else f"{'-':>6}"
+
+
+def write_json(reports: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = [{k: v for k, v in r.items() if k != "images"} for r in reports]
+    path.write_text(json.dumps(clean, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flashu.testbed.evaluate`` — the same as ``flashu eval testbed``."""
+    from ..cli import run
+
+    return run(["eval", "testbed", *(argv or [])])
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

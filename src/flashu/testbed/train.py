@@ -1,0 +1,539 @@
+"""Train the shapes-world ``testbed`` model: ``python -m flashu.testbed.train``.
+
+One joint objective per step, on the shapes world's ``train`` split (an endless, seeded stream of scenes):
+
+* **Generation — flow matching**, Show-o2's semantics: ``x_t = t·x1 + (1 − t)·x0`` with x0 ~ N(0, I) and x1 the
+  image (pixel space for the testbed), target velocity ``x1 − x0``, ``t = sigmoid(N(0, 1))`` (optionally shifted
+  towards noise with ``--time-shift``). The rows are exactly what :func:`~flashu.pipelines.t2i.build_generation_inputs`
+  builds (``[bos] caption [boi] [time][image…] [eoi] [eos] [pad]…``), a ``--uncond-prob`` fraction with the empty
+  caption (the CFG row), truncated after the last image block (later positions cannot influence it under the omni
+  mask, so the outputs are identical). The loss is the MSE of :meth:`Showo2.forward_generation`'s velocity — the
+  flow head's image-token outputs through the official ``unpatchify`` — against ``x1 − x0``.
+* **Understanding — next-token cross-entropy** on the official understanding prompt of
+  :func:`~flashu.pipelines.mmu.build_understanding_inputs` (system prefix, ``<|vision_start|>`` [time token at
+  t = 1][image tokens] ``<|vision_end|>``, question, assistant suffix) followed by the answer and ``<|im_end|>``;
+  omni mask; loss on the answer tokens and ``<|im_end|>`` only. All questions of a scene are *packed* into one row:
+  the shared prefix once, then each question/answer segment with the positions and the attention it would have
+  alone (it sees the prefix and itself, never another segment), so each segment's logits equal those of its own
+  official sequence (checked in ``tests/test_testbed.py``) at a fraction of the cost.
+
+AdamW, linear warm-up then cosine decay, gradient clipping. Everything random is derived from ``--seed`` and the
+step number, so a run resumed from a checkpoint (``--resume``) continues exactly as if it had not stopped.
+Checkpoints (``checkpoint.pt``), the loss log (``losses.csv``) and the loss curves (``losses.png``, with
+matplotlib) go to ``--out``; ``--export DIR`` writes the final model with :func:`flashu.save_pretrained` plus
+``reference.json`` (outputs recorded for the reproduction test).
+
+The shipped checkpoint (``flashu/data/testbed``) was produced by::
+
+    python -m flashu.testbed.train --out runs/testbed --threads 1 --export src/flashu/data/testbed
+
+(all other options at their defaults; see ``SHIPPED_COMMAND`` and ``src/flashu/data/testbed/training.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..bundle import Showo2Bundle
+from ..config import Showo2Config, preset
+from ..model import Showo2, omni_attention_mask
+from ..model.layers import RMSNorm
+from ..model.showo2 import GenerationInputs, additive_mask
+from ..pipelines.mmu import ASSISTANT_SUFFIX, SYSTEM_PREFIX
+from ..pipelines.t2i import build_generation_inputs
+from ..tokenizer import SpecialTokens, build_local_tokenizer
+from ..vae import LatentCodec, build_vae
+from . import world
+
+SHIPPED_COMMAND = "python -m flashu.testbed.train --out runs/testbed --threads 1 --export src/flashu/data/testbed"
+CHECKPOINT = "checkpoint.pt"
+LOSSES_CSV = "losses.csv"
+LOSSES_PNG = "losses.png"
+CSV_FIELDS = ("step", "loss", "flow", "ce", "lr", "grad_norm", "seconds")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "testbed"  # preset name of the architecture
+    steps: int = 2000
+    gen_batch: int = 24  # generation rows per step
+    mmu_batch: int = 4  # understanding scenes per step (each packs all of its questions)
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.05
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    flow_weight: float = 1.0
+    ce_weight: float = 0.5
+    uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
+    time_shift: float = 1.0  # t ← t / (t + shift·(1 − t)); > 1 favours noisy times (the sampler uses 3)
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    extra: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+def build_bundle(config: Showo2Config, seed: int) -> Showo2Bundle:
+    """A freshly initialised model for training (fp32, CPU): N(0, 0.02) weights, then the usual zero-inits of a
+    flow head (adaLN modulation and output layer, so each block starts as an identity at the image positions and
+    the velocity starts at 0), residual output projections scaled by 1/√(2·layers), and a fusion projection
+    initialised to keep its input's scale (N(0, 1/fan_in), the last layer ×0.5), all norm gains at 1.
+
+    The last point matters: with N(0, 0.02) everywhere the fused image tokens enter the decoder with a norm of
+    ~0.01 (``init_random_weights`` also draws the fusion RMSNorm's gain from N(0, 0.02)), below what every layer
+    adds to them, so the noisy latent is invisible at the decoder's output and flow
+    matching stalls at "predict the mean" (a linear probe finds no trace of x_t there). Show-o2 starts from a
+    pre-trained fusion; from scratch, the image tokens must be heard."""
+    model = Showo2(config)
+    model.init_random_weights(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():  # every norm gain at 1 (init_random_weights misses the fusion RMSNorm's)
+            if isinstance(module, (RMSNorm, torch.nn.LayerNorm)):
+                module.weight.fill_(1.0)
+        for index, gain in ((1, 1.0), (3, 0.5)):
+            linear = model.fusion_proj[index]
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * gain / math.sqrt(linear.in_features))
+        for block in model.diffusion_head_a:
+            block.adaLN_modulation[-1].weight.zero_()
+            block.adaLN_modulation[-1].bias.zero_()
+        model.diffusion_head_b.adaLN_modulation[-1].weight.zero_()
+        model.diffusion_head_b.adaLN_modulation[-1].bias.zero_()
+        model.diffusion_head_b.linear.weight.zero_()
+        model.diffusion_head_b.linear.bias.zero_()
+        scale = 1.0 / math.sqrt(2 * config.llm.num_layers)
+        for layer in model.layers:
+            layer.self_attn.o_proj.weight.mul_(scale)
+            layer.mlp.down_proj.weight.mul_(scale)
+        for name, param in model.named_parameters():  # biases start at zero
+            if name.endswith(".bias") and "norm" not in name:
+                param.zero_()
+    model.tie_weights_if_needed()
+    tokenizer = build_local_tokenizer()
+    vae = build_vae(config.vae)
+    return Showo2Bundle(model=model.float(), tokenizer=tokenizer, codec=LatentCodec(vae), special=SpecialTokens.from_tokenizer(tokenizer),
+                        source=config.name)
+
+
+def image_tensor(images) -> torch.Tensor:
+    """PIL images → [B, 3, H, W] fp32 in [-1, 1] (``preprocess_image`` at the native size is this exactly)."""
+    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+def step_rng(seed: int, step: int, stream: str) -> random.Random:
+    return random.Random(f"flashu-testbed-train:{seed}:{stream}:{step}")
+
+
+def step_generator(seed: int, step: int, stream: str) -> torch.Generator:
+    return torch.Generator().manual_seed(step_rng(seed, step, stream).getrandbits(63))
+
+
+TRAIN_INDEX_SPACE = 10**7  # scenes are drawn uniformly from the first ten million of the endless train split
+
+
+@dataclass
+class GenerationBatch:
+    inputs: GenerationInputs
+    x1: torch.Tensor  # [B, 3, H, W] images in [-1, 1] (latents of the identity codec)
+    x0: torch.Tensor
+    t: torch.Tensor  # [B]
+
+
+def generation_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> GenerationBatch:
+    rng = step_rng(cfg.seed, step, "gen")
+    size = bundle.config.image_size
+    examples = [world.sample("train", rng.randrange(TRAIN_INDEX_SPACE), size) for _ in range(cfg.gen_batch)]
+    captions = ["" if rng.random() < cfg.uncond_prob else ex.caption for ex in examples]
+    # Empty caption = exactly the official unconditional row ([bos][boi] block [eoi][eos] [pad]×max_text_len).
+    full = build_generation_inputs(bundle, captions, size, with_uncond=False)
+    length = full.used_length  # positions after the last image block cannot influence any block
+    inputs = GenerationInputs(input_ids=full.input_ids[:, :length], block_offsets=full.block_offsets,
+                              block_len=full.block_len, mask=full.mask[..., :length, :length])
+    x1 = bundle.codec.encode(image_tensor([ex.image for ex in examples]))
+    gen = step_generator(cfg.seed, step, "noise")
+    x0 = torch.randn(x1.shape, generator=gen)
+    t = torch.sigmoid(torch.randn(x1.shape[0], generator=gen))
+    if cfg.time_shift != 1.0:
+        t = t / (t + cfg.time_shift * (1 - t))
+    return GenerationBatch(inputs, x1, x0, t)
+
+
+def flow_loss(bundle: Showo2Bundle, batch: GenerationBatch) -> torch.Tensor:
+    t = batch.t.view(-1, 1, 1, 1)
+    xt = t * batch.x1 + (1 - t) * batch.x0
+    velocity = bundle.model.forward_generation(xt, batch.t, batch.inputs).velocity
+    return F.mse_loss(velocity.float(), batch.x1 - batch.x0)
+
+
+@dataclass
+class UnderstandingBatch:
+    input_ids: torch.Tensor  # [B, L]
+    positions: torch.Tensor  # [B, L]
+    mask: torch.Tensor  # [B, 1, L, L] additive
+    block_offset: int  # the same for every row (the prefix is constant)
+    block_len: int
+    latents: torch.Tensor  # [B, C, h, w]
+    targets: torch.Tensor  # [B, L] next-token labels, -100 where no loss
+
+
+def understanding_prefix(bundle: Showo2Bundle) -> tuple[list[int], int, int]:
+    """Ids up to and including ``<|vision_end|>`` of the official understanding prompt, the block offset and length."""
+    sp = bundle.special
+    block_len = bundle.config.grid ** 2 + 1
+    head = [sp.bos, *bundle.encode_text(SYSTEM_PREFIX), sp.boi]
+    return head + [sp.img_pad] * block_len + [sp.eoi], len(head), block_len
+
+
+def qa_segment(bundle: Showo2Bundle, question: str, answer: str) -> tuple[list[int], int]:
+    """Question + assistant suffix + answer + ``<|im_end|>``; also how many leading tokens are prompt."""
+    prompt = bundle.encode_text(question) + bundle.encode_text(ASSISTANT_SUFFIX)
+    return prompt + bundle.encode_text(answer) + [bundle.special.eos], len(prompt)
+
+
+def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tuple[str, str]]]]) -> UnderstandingBatch:
+    """Rows of [prefix][segment 1][segment 2]…: each segment sees the prefix (omni mask: the image block
+    bidirectional) and, causally, itself; its positions continue from the prefix as in its own sequence."""
+    prefix, block_offset, block_len = understanding_prefix(bundle)
+    P = len(prefix)
+    rows, rows_pos, rows_seg, rows_tgt = [], [], [], []
+    for _, qas in scenes:
+        ids, pos, seg, tgt = list(prefix), list(range(P)), [0] * P, [-100] * P
+        for n, (question, answer) in enumerate(qas, 1):
+            tokens, prompt_len = qa_segment(bundle, question, answer)
+            start = len(ids)
+            ids += tokens
+            pos += range(P, P + len(tokens))
+            seg += [n] * len(tokens)
+            tgt += [-100] * len(tokens)
+            # token j (j ≥ prompt_len) is predicted at position j − 1 of the segment
+            for j in range(prompt_len, len(tokens)):
+                tgt[start + j - 1] = tokens[j]
+        rows.append(ids)
+        rows_pos.append(pos)
+        rows_seg.append(seg)
+        rows_tgt.append(tgt)
+    L = max(len(r) for r in rows)
+    pad = bundle.special.pad
+    for ids, pos, seg, tgt in zip(rows, rows_pos, rows_seg, rows_tgt):
+        extra = L - len(ids)
+        ids += [pad] * extra
+        pos += [0] * extra
+        seg += [-1] * extra  # padding: attends to itself only
+        tgt += [-100] * extra
+    ids = torch.tensor(rows)
+    seg = torch.tensor(rows_seg)
+    idx = torch.arange(L)
+    causal = idx[:, None] >= idx[None, :]
+    in_block = (idx >= block_offset) & (idx < block_offset + block_len)
+    key_prefix = (seg == 0)[:, None, :]
+    same = seg[:, :, None] == seg[:, None, :]
+    allowed = (causal[None] & (key_prefix | same)) | (in_block[:, None] & in_block[None, :])[None]
+    allowed = allowed & (seg[:, :, None] >= 0) | (same & (seg[:, :, None] < 0))
+    allowed = allowed | torch.eye(L, dtype=torch.bool)[None]
+    latents = bundle.codec.encode(image_tensor([image for image, _ in scenes]))
+    return UnderstandingBatch(ids, torch.tensor(rows_pos), additive_mask(allowed[:, None], torch.float32),
+                              block_offset, block_len, latents, torch.tensor(rows_tgt))
+
+
+def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> UnderstandingBatch:
+    rng = step_rng(cfg.seed, step, "mmu")
+    size = bundle.config.image_size
+    scenes = []
+    for _ in range(cfg.mmu_batch):
+        ex = world.sample("train", rng.randrange(TRAIN_INDEX_SPACE), size)
+        scenes.append((ex.image, [(qa.question, qa.answer) for qa in ex.qas]))
+    return pack_understanding(bundle, scenes)
+
+
+def understanding_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
+    """LM logits at every position of the packed rows [B, L, V] (image at t = 1, as in ``answer``)."""
+    model = bundle.model
+    B = batch.input_ids.shape[0]
+    c = model.time_conditioning(torch.ones(B))
+    embeds = model.showo.model.embed_tokens(batch.input_ids)
+    offsets = torch.full((B,), batch.block_offset, dtype=torch.long)
+    embeds = model.place_image_block(embeds, offsets, model.time_token(c), model.image_tokens(batch.latents))
+    hidden = model.run_backbone(embeds, batch.positions, batch.mask).hidden
+    return model.showo.lm_head(hidden)
+
+
+def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
+    logits = understanding_logits(bundle, batch)
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr_ratio·lr`` at ``steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    seen = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        (decay if param.ndim >= 2 and "embed_tokens" not in name and "position_embedding" not in name
+         else no_decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8)
+
+
+def save_checkpoint(out: Path, bundle: Showo2Bundle, optimizer, cfg: TrainConfig, step: int, elapsed: float) -> None:
+    state = {"model": bundle.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+             "config": asdict(cfg), "model_config": bundle.config.to_dict(), "elapsed": elapsed}
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_losses(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_losses(out: Path) -> Path | None:
+    """``losses.png`` from ``losses.csv`` (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_losses(out / LOSSES_CSV)
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(axes, ("flow", "ce", "lr"),
+                              ("flow matching (MSE of velocity)", "understanding (answer CE)", "learning rate")):
+        ax.plot(steps, [r[key] for r in rows], lw=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if key != "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / LOSSES_PNG
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+          model_config: Showo2Config | None = None) -> Showo2Bundle:
+    """Train (or resume) into ``out``; returns the trained bundle (eval mode)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model_config or preset(cfg.model)
+    torch.manual_seed(cfg.seed)
+    bundle = build_bundle(config, cfg.seed)
+    model = bundle.model.train()
+    optimizer = make_optimizer(model, cfg)
+    start, elapsed = 0, 0.0
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["model_config"] != config.to_dict():
+            raise SystemExit(f"{ckpt_path} was trained with another model config; use a fresh --out")
+        model.load_state_dict(state["model"])
+        model.tie_weights_if_needed()
+        optimizer.load_state_dict(state["optimizer"])
+        start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        # drop log rows past the checkpoint (written after it, before the interruption)
+        rows = [r for r in read_losses(out / LOSSES_CSV) if r["step"] <= start]
+        (out / LOSSES_CSV).unlink(missing_ok=True)
+        _append_csv(out / LOSSES_CSV, [{k: (int(v) if k == "step" else v) for k, v in r.items()} for r in rows])
+    elif (out / LOSSES_CSV).exists():
+        (out / LOSSES_CSV).unlink()
+    (out / "train_config.json").write_text(json.dumps({"train": asdict(cfg), "model": config.to_dict()}, indent=2))
+
+    pending: list[dict] = []
+    acc = {"loss": 0.0, "flow": 0.0, "ce": 0.0, "grad_norm": 0.0, "n": 0}
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="training", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    t_last = time.perf_counter()
+    for step in bar:
+        lr = lr_at(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        terms = {}
+        loss = torch.zeros(())
+        if cfg.flow_weight > 0 and cfg.gen_batch > 0:
+            terms["flow"] = flow_loss(bundle, generation_batch(bundle, cfg, step))
+            loss = loss + cfg.flow_weight * terms["flow"]
+        if cfg.ce_weight > 0 and cfg.mmu_batch > 0:
+            terms["ce"] = ce_loss(bundle, understanding_batch(bundle, cfg, step))
+            loss = loss + cfg.ce_weight * terms["ce"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        optimizer.step()
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}")
+        acc["loss"] += float(loss.detach())
+        acc["flow"] += float(terms["flow"].detach()) if "flow" in terms else 0.0
+        acc["ce"] += float(terms["ce"].detach()) if "ce" in terms else 0.0
+        acc["grad_norm"] += grad_norm
+        acc["n"] += 1
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            n = acc.pop("n")
+            row = {"step": done, **{k: v / n for k, v in acc.items()}, "lr": lr, "seconds": round(elapsed, 2)}
+            pending.append(row)
+            bar.set_postfix(flow=f"{row['flow']:.4f}", ce=f"{row['ce']:.4f}")
+            acc = {"loss": 0.0, "flow": 0.0, "ce": 0.0, "grad_norm": 0.0, "n": 0}
+            _append_csv(out / LOSSES_CSV, pending)  # rows past the last checkpoint are dropped on --resume
+            pending = []
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(out, bundle, optimizer, cfg, done, elapsed)
+            plot_losses(out)
+            t_last = time.perf_counter()  # checkpoint I/O is not training time
+    bar.close()
+    model.eval()
+    return bundle
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def export(bundle: Showo2Bundle, directory: str | Path, *, dtype: torch.dtype = torch.float16,
+           train_info: dict | None = None) -> Path:
+    """Write the model with :func:`flashu.save_pretrained` (weights stored as ``dtype``; ``load_model`` casts them
+    back to fp32 on the CPU), ``training.json`` and ``reference.json`` (outputs of the *saved* checkpoint)."""
+    from ..loading import load_model, save_pretrained
+
+    directory = Path(directory)
+    model = bundle.model
+    original = model.dtype
+    model.to(dtype)
+    try:
+        save_pretrained(bundle, directory)
+    finally:
+        model.to(original)
+    if train_info is not None:
+        (directory / "training.json").write_text(json.dumps(train_info, indent=2))
+    loaded = load_model(str(directory), device="cpu", dtype="float32")
+    (directory / "reference.json").write_text(json.dumps(record_reference(loaded), indent=2))
+    return directory
+
+
+REFERENCE_PROMPT = "a red circle left of a blue triangle"
+REFERENCE_QUESTION_SPLIT = ("test", 0)
+
+
+@torch.no_grad()
+def record_reference(bundle: Showo2Bundle) -> dict:
+    """Outputs of a fixed generation (prompt, seed, steps, guidance) and a fixed answer, for the load test."""
+    from ..pipelines.mmu import answer
+    from ..pipelines.t2i import generate
+
+    result = generate(bundle, [REFERENCE_PROMPT], steps=8, guidance=bundle.config.default_guidance, seed=0,
+                      progress=False)
+    lat = result.latents.double()
+    example = world.sample(*REFERENCE_QUESTION_SPLIT)
+    qa = example.qas[0]
+    reply = answer(bundle, example.image, qa.question, max_new_tokens=16)
+    return {
+        "generation": {"prompt": REFERENCE_PROMPT, "steps": 8, "guidance": bundle.config.default_guidance,
+                       "seed": 0, "latent_sum": float(lat.sum()), "latent_abs_sum": float(lat.abs().sum()),
+                       "latent_first": [float(v) for v in result.latents.flatten()[:8]]},
+        "understanding": {"split": REFERENCE_QUESTION_SPLIT[0], "index": REFERENCE_QUESTION_SPLIT[1],
+                          "question": qa.question, "answer": reply.text, "token_ids": reply.token_ids,
+                          "expected": qa.answer},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m flashu.testbed.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoint, losses.csv, losses.png)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--export", type=Path, default=None, help="write the trained model here (save_pretrained)")
+    p.add_argument("--export-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--no-progress", action="store_true")
+    for f in TrainConfig.__dataclass_fields__.values():
+        if f.name == "extra":
+            continue
+        value = getattr(defaults, f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=value)
+    args = p.parse_args(argv)
+    cfg = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "extra"})
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg, args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    bundle = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    rows = read_losses(args.out / LOSSES_CSV)
+    print(f"trained {cfg.steps} steps in {rows[-1]['seconds'] if rows else 0:.0f} s of training "
+          f"({time.time() - t0:.0f} s this run); final flow {rows[-1]['flow']:.4f}, ce {rows[-1]['ce']:.4f}"
+          if rows else "no steps run", file=sys.stderr)
+    if args.export is not None:
+        info = {"command": " ".join(["python -m flashu.testbed.train", *(argv if argv is not None else sys.argv[1:])]),
+                "train": asdict(cfg), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "train_seconds": rows[-1]["seconds"] if rows else None,
+                "final": {k: rows[-1][k] for k in ("flow", "ce")} if rows else None}
+        dtype = torch.float16 if args.export_dtype == "float16" else torch.float32
+        path = export(bundle, args.export, dtype=dtype, train_info=info)
+        print(f"exported to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
