@@ -19,13 +19,7 @@ from flashu.model import Probe
 STEPS = 2  # one denoising evaluation per prompt: an ablation cannot change the trajectory it is measured on
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run much faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ PROMPTS = ["a red circle", "a blue square left of a green triangle", "a yellow s
 GENEVAL = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": p} for p in PROMPTS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: much faster than two contended ones, and what torchrun gives each worker (same arithmetic)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

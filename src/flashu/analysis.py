@@ -31,13 +31,12 @@ tokens, every row; what FlashU's layer skipping ranks by), ``mmu`` at the last p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .accel.calibration import CALIBRATION_STEPS, _ProbeSession, default_pairs, default_prompts
+from .accel.calibration import CALIBRATION_STEPS, ProbePolicy, ProbeSession, default_pairs, default_prompts
 from .accel.generation import LayerSimilarityProbe, image_block_mask
 from .accel.importance import ActivationNormProbe, scores_from_norms
 from .accel.pruning import top_set
@@ -81,22 +80,13 @@ class SpecializationProbe(ActivationNormProbe):
         return [s / n if n else None for s, n in zip(self._cos_sum, self._cos_count)]
 
 
-class _Session(_ProbeSession):
+class _Session(ProbeSession):
     """The exact baseline session of calibration, also measuring similarity over this request's image block."""
 
     def __init__(self, inputs, steps, guidance, probe):
         if isinstance(probe, SpecializationProbe):
             probe.begin(LayerSimilarityProbe(image_block_mask(inputs)))
         super().__init__(inputs, steps, guidance, probe)
-
-
-@dataclass
-class _Policy:
-    probe: Probe
-    name: str = "analysis"
-
-    def start(self, bundle, inputs, steps, guidance):
-        return _Session(inputs, steps, guidance, self.probe)
 
 
 def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe, *,
@@ -113,7 +103,7 @@ def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe
 
     if task == "t2i":
         for prompt in tqdm(items, desc="analysis t2i", unit="prompt", disable=not progress):
-            generate(bundle, prompt, steps=steps, guidance=guidance, seed=seed, policy=_Policy(probe),
+            generate(bundle, prompt, steps=steps, guidance=guidance, seed=seed, policy=ProbePolicy(probe, session=_Session, name="analysis"),
                      progress=False, decode=False)
         return
     if task != "mmu":

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
-from ..model import BASELINE, omni_attention_mask
+from ..model import BASELINE, Probe, omni_attention_mask
 from ..pipelines.mmu import build_understanding_inputs, prefill_embeddings
 from ..pipelines.t2i import BaselineSession, generate
 from .importance import ActivationNormProbe, ImportanceScores, check_task, scores_from_norms
@@ -76,19 +76,22 @@ def default_pairs(count: int) -> list[tuple[object, str]]:
     return pairs
 
 
-class _ProbeSession(BaselineSession):
+class ProbeSession(BaselineSession):
+    """The exact baseline of a generation with ``probe`` attached to every backbone forward."""
+
     def __init__(self, inputs, steps, guidance, probe):
         super().__init__(inputs, steps, guidance, exact=True)
         self._plan = self._plan.with_(probe=probe)
 
 
 @dataclass
-class _ProbePolicy:
-    probe: ActivationNormProbe
+class ProbePolicy:
+    probe: Probe
+    session: type = ProbeSession
     name: str = "calibration"
 
     def start(self, bundle, inputs, steps, guidance):
-        return _ProbeSession(inputs, steps, guidance, self.probe)
+        return self.session(inputs, steps, guidance, self.probe)
 
 
 def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: list[str] | None = None,
@@ -102,7 +105,7 @@ def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: li
     if task == "t2i":
         items = (prompts or default_prompts())[:samples]
         for prompt in tqdm(items, desc="calibrating t2i", unit="prompt", disable=not progress):
-            generate(bundle, prompt, steps=steps, guidance=guidance, policy=_ProbePolicy(probe), progress=False,
+            generate(bundle, prompt, steps=steps, guidance=guidance, policy=ProbePolicy(probe), progress=False,
                      decode=False)
     else:
         items = (pairs or default_pairs(samples))[:samples]
