@@ -103,6 +103,19 @@ def test_two_d_path_only_for_history_free_single_frames():
     assert shortcut._history_free_single_frame(one, torch.zeros(1, 4, 2, 5, 5))  # kt=1: upstream ignores cache_x
 
 
+def original_codec(vae):
+    """A codec over the original 3-D VAE (``LatentCodec`` switches to image mode by default)."""
+    codec = LatentCodec(vae)
+    from_image_mode(vae)
+    return codec
+
+
+def test_latent_codec_uses_image_mode_by_default():
+    vae = seeded(CONFIGS["tiny"])
+    LatentCodec(vae)
+    assert is_image_mode(vae)
+
+
 # ---------------------------------------------------------------- what diffusers does for one frame
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -110,7 +123,7 @@ def test_single_frame_calls_are_history_free_and_skip_time_conv(name):
     """The facts the speed-up relies on: for T = 1, every causal conv is called with one frame and cache_x None
     (the feature cache is reset to None before the first chunk), and no WanResample.time_conv runs."""
     vae = seeded(CONFIGS[name])
-    codec = LatentCodec(vae)
+    codec = original_codec(vae)
     log = CallLog(vae)
     z = codec.encode(images(1, 32))
     codec.decode(z)
@@ -131,7 +144,7 @@ def test_wan_layout_has_time_convs():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_image_mode_matches_original(name, monkeypatch):
     vae = seeded(CONFIGS[name])
-    codec = LatentCodec(vae)
+    codec = original_codec(vae)
     x = images(2, 32)
     z_ref = codec.encode(x)
     y_ref = codec.decode(z_ref)
@@ -208,7 +221,7 @@ def _conv_flops_skipped(vae, run) -> int:
 @pytest.mark.parametrize("name", ["small", "wan_layout"])
 def test_flops_drop_to_about_a_third(name):
     vae = seeded(CONFIGS[name])
-    codec = LatentCodec(vae)
+    codec = original_codec(vae)
     x = images(1, 32)
     z = codec.encode(x)
 
@@ -283,7 +296,7 @@ def test_tiled_encode_decode_match_original():
     vae = seeded(WAN_LAYOUT)
     vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32,
                       tile_sample_stride_height=24, tile_sample_stride_width=24)
-    codec = LatentCodec(vae)
+    codec = original_codec(vae)
     x = images(1, 48)  # 2×2 overlapping tiles
     z_ref = codec.encode(x)
     y_ref = codec.decode(z_ref)

@@ -43,7 +43,7 @@ from .accel.pruning import top_set
 from .accel.understanding import LastTokenSimilarityProbe
 from .bundle import Showo2Bundle
 from .errors import FlashuError
-from .model import BASELINE, Probe, omni_attention_mask
+from .model import BASELINE, Probe
 
 SCHEMA = "flashu-specialization"
 SCHEMA_VERSION = 1
@@ -98,13 +98,14 @@ def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe
     decode) exactly like calibration. ``mmu``: ``items`` are (image, question) pairs; each runs the understanding
     prefill (no decoding).
     """
-    from .pipelines.mmu import build_understanding_inputs, prefill_embeddings
+    from .pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
     from .pipelines.t2i import generate
 
     if task == "t2i":
         for prompt in tqdm(items, desc="analysis t2i", unit="prompt", disable=not progress):
-            generate(bundle, prompt, steps=steps, guidance=guidance, seed=seed, policy=ProbePolicy(probe, session=_Session, name="analysis"),
-                     progress=False, decode=False)
+            policy = ProbePolicy(probe, session=_Session, name="analysis")
+            generate(bundle, prompt, steps=steps, guidance=guidance, seed=seed, policy=policy, progress=False,
+                     decode=False)
         return
     if task != "mmu":
         raise FlashuError(f"unknown task {task!r}; use t2i or mmu")
@@ -114,12 +115,7 @@ def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe
             if isinstance(probe, SpecializationProbe):
                 probe.begin(LastTokenSimilarityProbe())
             inputs = build_understanding_inputs(bundle, image, question)
-            embeds = prefill_embeddings(bundle, inputs)
-            length = embeds.shape[1]
-            offsets = torch.tensor([inputs.block_offset], device=bundle.device)
-            mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
-            positions = torch.arange(length, device=bundle.device)[None]
-            bundle.model.run_backbone(embeds, positions, mask, plan)
+            prefill_backbone(bundle, inputs, prefill_embeddings(bundle, inputs), plan)
 
 
 # ---------------------------------------------------------------------------------------------- scores

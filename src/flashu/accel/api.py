@@ -57,19 +57,17 @@ def accelerate(bundle: Showo2Bundle, config: FlashUConfig | str = "paper", *, sc
     given = dict(scores or {})
     needed = {"t2i": cfg.needs_generation_scores, "mmu": cfg.needs_understanding_scores}
     resolved: dict[str, ImportanceScores] = {}
+    for task, item in given.items():  # check what was given before spending time on calibration
+        if needed.get(task):
+            item = item if isinstance(item, ImportanceScores) else ImportanceScores.load(item)
+            item.check_model(bundle.model, task)
+            resolved[task] = item
     for task, need in needed.items():
-        if not need:
-            continue
-        item = given.get(task)
-        if item is None:
+        if need and task not in resolved:
             from .calibration import calibrate
 
-            item = calibrate(bundle, task, samples=calibration_samples or cfg.calibration_samples,
-                             progress=progress)
-        elif not isinstance(item, ImportanceScores):
-            item = ImportanceScores.load(item)
-        item.check_model(bundle.model, task)
-        resolved[task] = item
+            resolved[task] = calibrate(bundle, task, samples=calibration_samples or cfg.calibration_samples,
+                                       progress=progress)
     gen, und = cfg.generation, cfg.understanding
     layout = plan_layout(
         bundle.model, resolved,

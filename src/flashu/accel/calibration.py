@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
-from ..model import BASELINE, Probe, omni_attention_mask
-from ..pipelines.mmu import build_understanding_inputs, prefill_embeddings
+from ..model import BASELINE, Probe
+from ..pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
 from ..pipelines.t2i import BaselineSession, generate
 from .importance import ActivationNormProbe, ImportanceScores, check_task, scores_from_norms
 
@@ -113,10 +113,5 @@ def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: li
         with torch.no_grad():
             for image, question in tqdm(items, desc="calibrating mmu", unit="pair", disable=not progress):
                 inputs = build_understanding_inputs(bundle, image, question)
-                embeds = prefill_embeddings(bundle, inputs)
-                length = embeds.shape[1]
-                offsets = torch.tensor([inputs.block_offset], device=bundle.device)
-                mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
-                positions = torch.arange(length, device=bundle.device)[None]
-                bundle.model.run_backbone(embeds, positions, mask, plan)
+                prefill_backbone(bundle, inputs, prefill_embeddings(bundle, inputs), plan)
     return scores_from_norms(bundle.model, probe, task, len(items))

@@ -122,6 +122,17 @@ def prefill_embeddings(bundle: Showo2Bundle, inputs: UnderstandingInputs) -> tor
     return model.place_image_block(embeds, offsets, model.time_token(c), model.image_tokens(inputs.latents))
 
 
+def prefill_backbone(bundle: Showo2Bundle, inputs: UnderstandingInputs, embeds: torch.Tensor, plan: ExecutionPlan,
+                     cache: KVCache | None = None) -> BackboneOutput:
+    """The backbone over the whole prompt with the omni mask (block bidirectional), positions 0 … L − 1."""
+    length = embeds.shape[1]
+    offsets = torch.tensor([inputs.block_offset], device=bundle.device)
+    mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
+    positions = torch.arange(length, device=bundle.device)[None]
+    with record_function("flashu.llm"):
+        return bundle.model.run_backbone(embeds, positions, mask, plan, cache)
+
+
 @torch.no_grad()
 def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max_new_tokens: int = 300,
            policy: UnderstandingPolicy | None = None, image_size: int | None = None,
@@ -149,12 +160,8 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max
     embeds = prefill_embeddings(bundle, inputs)
     t1 = time.perf_counter()
     length = embeds.shape[1]
-    offsets = torch.tensor([inputs.block_offset], device=bundle.device)
-    mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
-    positions = torch.arange(length, device=bundle.device)[None]
     cache = KVCache(bundle.config.llm.num_layers)
-    with record_function("flashu.llm"):
-        out = model.run_backbone(embeds, positions, mask, session.prefill_plan(), cache)
+    out = prefill_backbone(bundle, inputs, embeds, session.prefill_plan(), cache)
     session.observe(-1, out)
     kept = out.hidden.shape[1]
     token = int(out.logits[0, -1].argmax())
