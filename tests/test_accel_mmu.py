@@ -191,21 +191,48 @@ def test_decoding_after_pruning_keeps_positions_right(bundle, image):
     torch.testing.assert_close(out.logits[0, -1], rec["logits"][1], rtol=0, atol=1e-5)
 
 
-def test_kv_cache_lengths_after_prefill_and_skipped_decoding(bundle, image):
+@pytest.mark.parametrize("fill", [True, False])
+def test_kv_cache_lengths_after_prefill_and_skipped_decoding(bundle, image, fill):
     K, T = 2, 3
     cfg = understanding(token_prune_ratio=0.5, token_prune_layer=K, layer_skip_ratio=0.5, layer_skip_interval=T,
-                        protect_first_last=False)
+                        protect_first_last=False, fill_skipped_kv=fill)
     rec = run_manual(bundle, FlashUUnderstandingPolicy(cfg, None), image, tokens=8)
     L, kept = rec["inputs"].input_ids.shape[1], rec["prefill"].hidden.shape[1]
     nl = bundle.config.llm.num_layers
     assert rec["lengths"][0] == [L if i < K else kept for i in range(nl)]
     expected = [L if i < K else kept for i in range(nl)]
     for index, plan in enumerate(rec["plans"][1:], start=1):
-        ran = range(nl) if plan.layers is None else plan.layers
+        ran = range(nl) if plan.layers is None or fill else plan.layers  # filled: every layer sees every token
         for i in ran:
             expected[i] += 1
         assert rec["lengths"][index] == expected
     assert any(plan.layers is not None for plan in rec["plans"][1:])  # some steps did skip
+
+
+def test_a_skipped_layer_fills_exactly_the_keys_values_it_would_have_made(bundle, image):
+    """``fill_skipped_kv``: K/V of a skipped layer come from its input, i.e. they equal those of running it."""
+    model, nl = bundle.model, bundle.config.llm.num_layers
+    inputs = build_understanding_inputs(bundle, image, QUESTION)
+    with torch.no_grad():
+        embeds = prefill_embeddings(bundle, inputs)
+        L = embeds.shape[1]
+        mask = omni_attention_mask(L, torch.tensor([inputs.block_offset]), inputs.block_len, bundle.dtype)
+        skipped = 1
+        full_cache, filled_cache, plain_cache = KVCache(nl), KVCache(nl), KVCache(nl)
+        rec = Recorder()
+        layers = [i for i in range(nl) if i != skipped]
+        model.run_backbone(embeds, torch.arange(L)[None], mask, BASELINE, full_cache)
+        model.run_backbone(embeds, torch.arange(L)[None], mask,
+                           ExecutionPlan(layers=layers, fill_skipped_kv=True, probe=rec), filled_cache)
+        model.run_backbone(embeds, torch.arange(L)[None], mask, ExecutionPlan(layers=layers), plain_cache)
+        # layer `skipped` reads layer skipped-1's output; running it (as in full_cache) on that input gives the same K/V
+        assert torch.equal(filled_cache.keys[skipped - 1], full_cache.keys[skipped - 1])
+        assert torch.equal(filled_cache.keys[skipped], full_cache.keys[skipped])
+        assert torch.equal(filled_cache.values[skipped], full_cache.values[skipped])
+        assert plain_cache.length(skipped) == 0 and filled_cache.length(skipped) == L
+        for i in range(skipped + 1, nl):  # later layers see the skip (the layer's output is not applied)
+            assert not torch.equal(filled_cache.keys[i], full_cache.keys[i])
+            assert torch.equal(filled_cache.keys[i], plain_cache.keys[i])
 
 
 # ------------------------------------------------------------------------------------------------ exactness
@@ -274,8 +301,21 @@ def test_skip_in_prefill_uses_scout_ranking(bundle, image):
     skipped = stats["skip_sets"][0][1]
     assert stats["ranking_steps"][0] == -2 and stats["prefill_layers_skipped"] == 2
     assert list(rec["plans"][0].layers) == [i for i in range(nl) if i not in skipped]
-    for i in skipped:
-        assert rec["lengths"][0][i] == 0  # a layer skipped in prefill holds no prompt key/value
+    kept = rec["prefill"].hidden.shape[1]
+    for i in skipped:  # a layer skipped in prefill still holds the prompt's keys/values (for when it runs again)
+        assert rec["lengths"][0][i] == (rec["inputs"].input_ids.shape[1] if i < cfg.token_prune_layer else kept)
+    assert stats["prefill_skip_source"] == "scout"
+
+
+def test_skip_in_prefill_uses_the_calibrated_prior(bundle, image):
+    nl = bundle.config.llm.num_layers
+    prior = [0.1, 0.9, 0.8, 0.2][:nl] + [0.0] * max(0, nl - 4)  # layers 1 and 2 look the most skippable
+    cfg = understanding(layer_skip_ratio=0.5, layer_skip_interval=4, protect_first_last=False, skip_in_prefill=True)
+    rec = run_manual(bundle, FlashUUnderstandingPolicy(cfg, None, calibrated_similarity=prior), image, tokens=3)
+    stats = rec["session"].stats()
+    assert stats["prefill_skip_source"] == "calibration" and stats["ranking_steps"][0] == -2
+    assert stats["skip_sets"][0][1] == [1, 2] and list(rec["plans"][0].layers) == [0, 3]
+    assert rec["plans"][0].fill_skipped_kv
 
 
 # ------------------------------------------------------------------------------------------------ scorers, config
@@ -373,6 +413,19 @@ def test_both_neuron_sets_coexist_with_zero_extra_memory(bundle, scores):
         assert gate[u0:u1].untyped_storage().data_ptr() == gate.untyped_storage().data_ptr()  # a view
         assert acc.understanding_policy().ffn_ranges == layout.ffn_ranges["mmu"]
         assert acc.generation_policy().ffn_ranges == layout.ffn_ranges["t2i"]
+        # understanding calibration also measured the prefill's layer-skip prior
+        prior = scores["mmu"].layer_similarity
+        assert prior.shape == (bundle.config.llm.num_layers,) and bool(((prior > -1) & (prior <= 1)).all())
+        assert scores["t2i"].layer_similarity is None
+        assert acc.understanding_policy().calibrated_similarity == pytest.approx(prior.tolist())
+
+
+def test_mmu_scores_round_trip_with_the_layer_prior(scores, tmp_path):
+    from flashu.accel.importance import ImportanceScores
+
+    loaded = ImportanceScores.load(scores["mmu"].save(tmp_path / "mmu.safetensors"))
+    assert torch.equal(loaded.layer_similarity, scores["mmu"].layer_similarity)
+    assert torch.equal(loaded.ffn, scores["mmu"].ffn)
 
 
 def test_model_accelerated_for_both_tasks_serves_both(bundle, image, scores):

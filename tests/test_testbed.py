@@ -1,4 +1,4 @@
-"""The trained testbed: pixel-space codec, the shipped checkpoint (loads, reproduces its recorded outputs), the
+"""The trained testbed: pixel-space codec, the shipped checkpoint (packaged, loads, reproduces its recorded outputs), the
 training objective's sequence layouts (exactly the official ones), train.py end to end with an exact resume, and
 evaluate() on a couple of items."""
 
@@ -15,7 +15,6 @@ import flashu
 from flashu.config import LOCAL_VOCAB_SIZE, FlowHeadConfig, LLMConfig, Showo2Config, VisionConfig, preset
 from flashu.errors import CheckpointError, ConfigError
 from flashu import loading
-from flashu.loading import testbed_dir
 from flashu.model import omni_attention_mask
 from flashu.pipelines.mmu import build_understanding_inputs
 from flashu.pipelines.t2i import build_generation_inputs
@@ -39,9 +38,6 @@ def tiny_pixel_config() -> Showo2Config:
     return Showo2Config.from_dict(data)
 
 
-
-needs_checkpoint = pytest.mark.skipif(not (testbed_dir() / "config.json").is_file(),
-                                      reason="the trained testbed checkpoint is not shipped yet (python -m flashu.testbed.train)")
 
 @pytest.fixture(scope="module")
 def tiny_pixel():
@@ -115,7 +111,6 @@ def test_pixel_space_save_and_load_round_trip(tiny_pixel, tmp_path):
 # ------------------------------------------------------------------------------------------ shipped checkpoint
 
 
-@needs_checkpoint
 def test_shipped_checkpoint_is_packaged_and_small():
     directory = loading.testbed_dir()
     weights = directory / "model.safetensors"
@@ -126,7 +121,6 @@ def test_shipped_checkpoint_is_packaged_and_small():
     assert info["command"].startswith("python -m flashu.testbed.train")
 
 
-@needs_checkpoint
 def test_shipped_checkpoint_reproduces_recorded_outputs(testbed):
     assert testbed.source == "testbed" and testbed.dtype == torch.float32
     assert testbed.config == preset("testbed")
@@ -142,7 +136,6 @@ def test_shipped_checkpoint_reproduces_recorded_outputs(testbed):
     assert ref["understanding"]["token_ids"] == recorded["understanding"]["token_ids"]
 
 
-@needs_checkpoint
 def test_shipped_checkpoint_answers_and_draws_correctly(testbed):
     """A trained model, not a random one: it gets a known scene right in both tasks."""
     example = world.sample("test", 0)
@@ -258,7 +251,6 @@ def test_evaluate_runs_on_two_items(tiny_pixel):
     assert "paper" in table and "none" in table
 
 
-@needs_checkpoint
 def test_cli_eval_testbed(capsys):
     from flashu.cli import run
 

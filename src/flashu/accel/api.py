@@ -26,6 +26,8 @@ class Acceleration:
 
     config: FlashUConfig
     layout: PruningLayout
+    # the understanding calibration's mean last-token similarity per layer (prefill layer-skip prior), if known
+    understanding_layer_similarity: list[float] | None = None
 
     def generation_policy(self):
         from .generation import FlashUGenerationPolicy
@@ -41,7 +43,8 @@ class Acceleration:
         if self.config.understanding is None:
             return None
         return FlashUUnderstandingPolicy(self.config.understanding, self.layout.ffn_ranges["mmu"],
-                                         name=self.config.name)
+                                         name=self.config.name,
+                                         calibrated_similarity=self.understanding_layer_similarity)
 
 
 ScoresArg = Mapping[str, "ImportanceScores | str | Path"] | None
@@ -76,7 +79,8 @@ def accelerate(bundle: Showo2Bundle, config: FlashUConfig | str = "paper", *, sc
         alignment={"t2i": gen.prune_alignment if gen else 64, "mmu": und.prune_alignment if und else 64},
     )
     permute_model(bundle.model, layout.ffn_order, layout.group_order)
-    bundle.acceleration = Acceleration(cfg, layout)
+    prior = resolved["mmu"].layer_similarity if "mmu" in resolved else None
+    bundle.acceleration = Acceleration(cfg, layout, None if prior is None else [float(v) for v in prior])
     return bundle.acceleration
 
 

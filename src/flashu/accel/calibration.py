@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
-from ..model import BASELINE, Probe
+from ..model import BASELINE, Probe, ProbeGroup
 from ..pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
 from ..pipelines.t2i import BaselineSession, generate
 from .importance import ActivationNormProbe, ImportanceScores, check_task, scores_from_norms
+from .understanding import LastTokenSimilarityProbe
 
 CALIBRATION_STEPS = 10  # grid points per calibration prompt: 9 evaluations spread over the whole trajectory
 
@@ -97,7 +98,8 @@ class ProbePolicy:
 def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: list[str] | None = None,
               pairs: list[tuple[object, str]] | None = None, steps: int = CALIBRATION_STEPS,
               guidance: float | None = None, progress: bool = True) -> ImportanceScores:
-    """Wanda importance of ``bundle``'s decoder for ``task`` from ``samples`` calibration items."""
+    """Wanda importance of ``bundle``'s decoder for ``task`` from ``samples`` calibration items; for ``mmu`` also
+    the mean last-token similarity of every layer over the pairs (``ImportanceScores.layer_similarity``)."""
     check_task(task)
     if getattr(bundle, "acceleration", None) is not None:
         raise FlashuError("calibrate the unaccelerated model: call flashu.restore(bundle) first")
@@ -107,11 +109,17 @@ def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: li
         for prompt in tqdm(items, desc="calibrating t2i", unit="prompt", disable=not progress):
             generate(bundle, prompt, steps=steps, guidance=guidance, policy=ProbePolicy(probe), progress=False,
                      decode=False)
-    else:
-        items = (pairs or default_pairs(samples))[:samples]
-        plan = BASELINE.with_(probe=probe)
-        with torch.no_grad():
-            for image, question in tqdm(items, desc="calibrating mmu", unit="pair", disable=not progress):
-                inputs = build_understanding_inputs(bundle, image, question)
-                prefill_backbone(bundle, inputs, prefill_embeddings(bundle, inputs), plan)
-    return scores_from_norms(bundle.model, probe, task, len(items))
+        return scores_from_norms(bundle.model, probe, task, len(items))
+    items = (pairs or default_pairs(samples))[:samples]
+    similarity = torch.zeros(bundle.config.llm.num_layers, dtype=torch.float64)
+    with torch.no_grad():
+        for image, question in tqdm(items, desc="calibrating mmu", unit="pair", disable=not progress):
+            inputs = build_understanding_inputs(bundle, image, question)
+            last_token = LastTokenSimilarityProbe()
+            plan = BASELINE.with_(probe=ProbeGroup(probe, last_token))
+            prefill_backbone(bundle, inputs, prefill_embeddings(bundle, inputs), plan)
+            similarity += torch.tensor([last_token.similarity[i] for i in range(len(similarity))],
+                                       dtype=torch.float64)
+    scores = scores_from_norms(bundle.model, probe, task, len(items))
+    scores.layer_similarity = (similarity / max(len(items), 1)).float()
+    return scores

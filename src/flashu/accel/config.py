@@ -78,7 +78,8 @@ class UnderstandingAccelConfig:
     prune_alignment: int = 64
     layer_skip_ratio: float = 0.2  # layers skipped while decoding (ranked by the last token's cos similarity)
     layer_skip_interval: int = 8  # re-rank at full depth every this many decoded tokens (0: rank at prefill only)
-    skip_in_prefill: bool = False  # also skip the ranked layers in prefill (ranking then uses a full-depth probe)
+    skip_in_prefill: bool = False  # also skip layers in prefill (set from calibration, else from a scout pass)
+    fill_skipped_kv: bool = True  # a layer skipped on a decode step still appends that token's keys/values
     protect_first_last: bool = True
     token_prune_ratio: float = 0.5  # ρ: fraction of image tokens dropped at layer K
     token_prune_layer: int = 2  # K

@@ -63,12 +63,17 @@ class ImportanceScores:
     fingerprint: str
     samples: int
     tokens: int
+    # mmu: mean over the calibration pairs of the last prompt token's cos(h_in, h_out) per decoder layer [L] (the
+    # prefill's layer-skip prior: no full-depth pass exists before the prefill); None for t2i and older files
+    layer_similarity: torch.Tensor | None = None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"ffn": self.ffn.contiguous(), "attention_groups": self.attention_groups.contiguous()}
         tensors.update({f"norms.{k}": v.contiguous() for k, v in self.activation_norms.items()})
+        if self.layer_similarity is not None:
+            tensors["layer_similarity"] = self.layer_similarity.contiguous()
         meta = {"format": SCORES_FORMAT, "task": self.task, "fingerprint": self.fingerprint,
                 "samples": str(self.samples), "tokens": str(self.tokens)}
         save_file(tensors, str(path), metadata=meta)
@@ -88,7 +93,7 @@ class ImportanceScores:
         norms = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("norms.")}
         return cls(task=meta["task"], ffn=tensors["ffn"], attention_groups=tensors["attention_groups"],
                    activation_norms=norms, fingerprint=meta["fingerprint"], samples=int(meta["samples"]),
-                   tokens=int(meta["tokens"]))
+                   tokens=int(meta["tokens"]), layer_similarity=tensors.get("layer_similarity"))
 
     def check_model(self, model: Showo2, task: str) -> None:
         if self.task != task:

@@ -18,15 +18,20 @@ generation's range. No hybrid phase: understanding is single-pass.
 * The prefill is a ranking pass. Decode step ``i`` is a ranking pass when ``T_LS > 0`` and ``i % T_LS == 0``
   (T_LS = 8: steps 8, 16, 24, …); every other decode step skips the current set (a skipped layer is an identity).
   ``T_LS = 0``: the prefill's ranking is kept for the whole answer.
-* A layer skipped on a step does not see that token: it appends no key/value for it, so per-layer KV-cache lengths
-  differ (``KVCache`` allows this). Keys are cached after RoPE and decode positions continue from the original
-  prompt length, so positions stay exact whatever was skipped or pruned.
-* ``skip_in_prefill`` (off by default): the prefill itself skips ``s`` layers. As no full-depth pass exists before
-  the prefill, the set comes from a **scout pass**: a full-depth forward (no cache, pruned FFN) of the prompt without
-  its image tokens (system prefix, ``<|vision_start|>``, the time token, ``<|vision_end|>``, question, assistant
-  suffix; original positions; the omni mask restricted to those rows/columns), ranked by its last token. Decoding
-  starts from that set. On the ``small`` preset the scout (~85 tokens at full depth) costs more than skipping 5
-  of 28 layers of a ~200-token prefill saves, which is why it is off.
+* A layer skipped on a decode step is an identity for the residual stream but, with ``fill_skipped_kv`` (default),
+  still appends that token's key/value, computed from its input (its input norm and the thin GQA k/v projections,
+  ~2 % of a layer's weights on ``small``); keys and values depend only on a layer's input, so these are exactly the ones it would have
+  made, and when the layer runs again after a re-ranking it attends to the whole answer so far. Without it, a
+  skipped layer appends nothing and per-layer KV-cache lengths differ (``KVCache`` allows this). Keys are cached
+  after RoPE and decode positions continue from the original prompt length, so positions stay exact whatever was
+  skipped or pruned.
+* ``skip_in_prefill`` (off by default): the prefill itself skips ``s`` layers. No full-depth pass exists before the
+  prefill, so the set comes from **understanding calibration**: ``calibrate(bundle, "mmu")`` also records each
+  layer's last-token ``cos(h_in, h_out)`` averaged over the calibration pairs (``ImportanceScores.layer_similarity``),
+  and the prefill skips the ``s`` most similar layers. Without that prior (scores from an older file) a **scout
+  pass** ranks them: a full-depth forward (no cache, pruned FFN) of the prompt without its image tokens, ranked by
+  its last token. Layers skipped in prefill always write the prompt's keys/values (as above), or they would decode
+  blind after the first re-ranking. Decoding starts from the prefill's set until its first ranking pass.
 
 **Visual-token pruning at layer K (ρ, ``token_scorer``).** At the first executed layer ≥ K of the prefill, after
 q/k/v (+RoPE) are computed for all positions, the ``grid²`` image tokens (positions ``block_offset + 1 …
@@ -63,11 +68,17 @@ The saving is set by ρ (the backbone prefill is compute-bound and roughly linea
 costs a little speed and perturbs less; the perturbation grows faster than linearly in ρ (KL ×6 from 0.25 to 0.5,
 ×3.8 from 0.5 to 0.75). The random model does not look at image content (swapping the image changes its output by
 < 0.1 %), so *which* tokens a scorer keeps cannot be judged here — all four scorers give the same KL; only *how
-many* are kept matters. So these measurements fix the cost side only, and the quality side rests on prior evidence:
-we keep the paper's K = 2 and take ρ = 0.5 (FastV's K = 2, R = 50 % operating point, reported near-lossless on
-trained LVLMs), not ρ = 0.75, which is what the issue's "prefill ≥ 2×" target needs on this testbed (2.00× alone,
-2.11× with the pruned FFN; see the benchmark report) at ~3.8× the perturbation. T_LS = 8 re-ranks three times in a
-32-token answer (4.52 instead of 5 layers skipped per decode step on average, ~2 % of the decode work).
+many* are kept matters. So these measurements fix the cost side only.
+
+The quality side was then measured on the trained ``testbed`` (``benchmarks/testbed_understanding.py``,
+``docs/testbed.md``), and it does not pick a V-norm operating point either: there the largest value norms belong to
+the tokens that show the shapes (a shape token outranks a background token with probability 0.99), so V-norm
+pruning loses most answers at every ρ (0.25/0.5/0.75: 32/23/25 % vs 99.5 %) and every K tried (2/4/6), worse than
+random. We therefore keep the paper's K = 2 and FastV's ρ = 0.5 operating point (reported near-lossless on trained
+LVLMs with real photographs), not ρ = 0.75, which is what the issue's "prefill ≥ 2×" target needs on ``small``
+(backbone prefill 2.00× alone, 2.11× with the pruned FFN) at ~3.8× the perturbation; and we document that V-norm
+pruning should not be used on images whose content is a few tokens on a blank background. T_LS = 8 re-ranks three
+times in a 32-token answer (4.52 instead of 5 layers skipped per decode step on average, ~2 % of the decode work).
 """
 
 from __future__ import annotations
@@ -233,8 +244,10 @@ class UnderstandingCounters:
 class FlashUUnderstandingSession:
     """Per-answer decisions (never stored on the model). Implements ``UnderstandingSession``."""
 
-    def __init__(self, cfg: UnderstandingAccelConfig, bundle, inputs, ffn_ranges, name: str = "flashu"):
+    def __init__(self, cfg: UnderstandingAccelConfig, bundle, inputs, ffn_ranges, name: str = "flashu",
+                 calibrated_similarity: list[float] | None = None):
         self.cfg = cfg
+        self.calibrated_similarity = calibrated_similarity
         self.name = name
         self.bundle = bundle
         self.inputs = inputs
@@ -253,6 +266,7 @@ class FlashUUnderstandingSession:
         self.counters = UnderstandingCounters()
         self._probe: LastTokenSimilarityProbe | None = None
         self._prefill_layers: list[int] | None = None
+        self.prefill_skip_source: str | None = None  # calibration | scout, when skip_in_prefill
 
     # -- decisions ----------------------------------------------------------------------------------------
     def ranks_at(self, index: int) -> bool:
@@ -270,20 +284,26 @@ class FlashUUnderstandingSession:
         if self.skip_count > 0:
             if self.cfg.skip_in_prefill:
                 if self._prefill_layers is None:
-                    self._rank(-2, self._scout_similarity())
+                    if self.calibrated_similarity is not None:
+                        self.prefill_skip_source = "calibration"
+                        self._rank(-2, dict(enumerate(self.calibrated_similarity)))
+                    else:
+                        self.prefill_skip_source = "scout"
+                        self._rank(-2, self._scout_similarity())
                     self._prefill_layers = self._active_layers()
                     self.counters.prefill_layers_skipped = len(self.skipped)
             else:
                 probe = LastTokenSimilarityProbe()
         self._probe = probe
+        # a layer skipped in prefill still writes the prompt's keys/values, or it would later decode blind
         return ExecutionPlan(layers=self._prefill_layers, ffn_ranges=self.ffn_ranges, token_selector=self.selector,
-                             logits="last", probe=probe)
+                             logits="last", fill_skipped_kv=True, probe=probe)
 
     def decode_plan(self, index: int) -> ExecutionPlan:
         rank = self.ranks_at(index)
         self._probe = LastTokenSimilarityProbe() if rank else None
         return ExecutionPlan(layers=None if rank else self._active_layers(), ffn_ranges=self.ffn_ranges,
-                             logits="last", probe=self._probe)
+                             logits="last", fill_skipped_kv=self.cfg.fill_skipped_kv, probe=self._probe)
 
     def observe(self, index: int, output: BackboneOutput) -> None:
         c = self.counters
@@ -339,6 +359,8 @@ class FlashUUnderstandingSession:
             "prefill_tokens_kept": c.prefill_tokens_kept,
             "layers_to_skip": self.skip_count,
             "prefill_layers_skipped": c.prefill_layers_skipped,
+            "prefill_skip_source": self.prefill_skip_source,
+            "skipped_layers_fill_kv": self.cfg.fill_skipped_kv,
             "layer_rankings": c.rankings,
             "ranking_steps": list(c.ranking_steps),
             "skip_sets": [(s, list(layers)) for s, layers in c.skip_sets],
@@ -351,14 +373,19 @@ class FlashUUnderstandingSession:
 
 @dataclass
 class FlashUUnderstandingPolicy:
-    """Implements ``UnderstandingPolicy``: one :class:`FlashUUnderstandingSession` per answer."""
+    """Implements ``UnderstandingPolicy``: one :class:`FlashUUnderstandingSession` per answer.
+
+    ``calibrated_similarity``: per-layer last-token similarity from understanding calibration, the prefill's skip
+    set when ``skip_in_prefill`` (``None``: a scout pass ranks the layers instead)."""
 
     config: UnderstandingAccelConfig
     ffn_ranges: list | None
     name: str = "flashu"
+    calibrated_similarity: list[float] | None = None
 
     def __post_init__(self):
         self.config.validate()
 
     def start(self, bundle, inputs) -> FlashUUnderstandingSession:
-        return FlashUUnderstandingSession(self.config, bundle, inputs, self.ffn_ranges, name=self.name)
+        return FlashUUnderstandingSession(self.config, bundle, inputs, self.ffn_ranges, name=self.name,
+                                          calibrated_similarity=self.calibrated_similarity)

@@ -1,4 +1,4 @@
-from .plan import BASELINE, ExecutionPlan, Probe, TokenSelector
+from .plan import BASELINE, ExecutionPlan, Probe, ProbeGroup, TokenSelector
 from .showo2 import (
     BackboneOutput, GenerationInputs, GenerationOutput, KVCache, Showo2, omni_attention_mask, patchify_targets,
     unpatchify,
@@ -6,5 +6,6 @@ from .showo2 import (
 
 __all__ = [
     "BASELINE", "BackboneOutput", "ExecutionPlan", "GenerationInputs", "GenerationOutput", "KVCache", "Probe",
+    "ProbeGroup",
     "Showo2", "TokenSelector", "omni_attention_mask", "patchify_targets", "unpatchify",
 ]

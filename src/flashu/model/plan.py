@@ -38,6 +38,23 @@ class Probe:
         """
 
 
+class ProbeGroup(Probe):
+    """Several probes observing one forward (each sees only the hooks it asked for)."""
+
+    def __init__(self, *probes: Probe):
+        self.probes = probes
+        self.wants_linear_inputs = any(p.wants_linear_inputs for p in probes)
+
+    def layer_io(self, layer: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> None:
+        for p in self.probes:
+            p.layer_io(layer, hidden_in, hidden_out)
+
+    def linear_inputs(self, layer: int, name: str, x: torch.Tensor) -> None:
+        for p in self.probes:
+            if p.wants_linear_inputs:
+                p.linear_inputs(layer, name, x)
+
+
 class TokenSelector(Protocol):
     """Drops sequence positions once, inside the backbone (visual-token pruning).
 
@@ -71,6 +88,10 @@ class ExecutionPlan:
             after the image block, which cannot influence it.
         token_selector: visual-token pruning inside the backbone.
         logits: which LM logits to compute: none (generation), the last position (prefill) or all.
+        fill_skipped_kv: with a KV cache, a layer left out of ``layers`` still appends its keys/values, computed
+            from its input (the residual stream it would have read: exactly the keys/values it would have made),
+            so that when it runs again later it attends to the whole context. Costs its input norm and the thin
+            k/v projections.
         probe: observer of the backbone.
     """
 
@@ -82,6 +103,7 @@ class ExecutionPlan:
     keep_positions: int | None = None
     token_selector: TokenSelector | None = None
     logits: LogitsMode = "none"
+    fill_skipped_kv: bool = False
     probe: Probe | None = field(default=None, compare=False)
 
     def with_(self, **changes) -> "ExecutionPlan":

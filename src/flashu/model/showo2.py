@@ -243,9 +243,16 @@ class Showo2(nn.Module):
         probe, selector = plan.probe, plan.token_selector
         selected = selector is None
         layer_ids = range(cfg.num_layers) if plan.layers is None else plan.layers
+        fill = None
+        if plan.fill_skipped_kv and cache is not None and plan.layers is not None:
+            fill = set(range(cfg.num_layers)) - set(plan.layers)
+            layer_ids = sorted(set(plan.layers) | fill)
         for i in layer_ids:
             layer = self.layers[i]
             attn = layer.self_attn
+            if fill is not None and i in fill:
+                self._append_kv(i, x, cos, sin, plan, cache)
+                continue
             x_in = x
             h = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
             if probe is not None and probe.wants_linear_inputs:
@@ -283,6 +290,18 @@ class Showo2(nn.Module):
         elif plan.logits == "all":
             logits = self.showo.lm_head(hidden)
         return BackboneOutput(hidden=hidden, logits=logits, positions=positions)
+
+    def _append_kv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: ExecutionPlan,
+                   cache: KVCache) -> None:
+        """Keys/values of skipped layer ``i`` from its input ``x``, appended to ``cache`` (``fill_skipped_kv``)."""
+        cfg = self.config.llm
+        layer = self.layers[i]
+        h = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
+        B, L, _ = h.shape
+        _, _, wk, bk, wv, bv, _ = _attention_weights(layer.self_attn, plan.attention_range(i), cfg)
+        k = F.linear(h, wk, bk).view(B, L, -1, cfg.head_dim).transpose(1, 2)
+        v = F.linear(h, wv, bv).view(B, L, -1, cfg.head_dim).transpose(1, 2)
+        cache.update(i, apply_rope(k, cos, sin), v)
 
     # ------------------------------------------------------------------ flow head
     def run_head_blocks(self, hidden: torch.Tensor, c: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,

@@ -25,7 +25,7 @@ matplotlib) go to ``--out``; ``--export DIR`` writes the final model with :func:
 
 The shipped checkpoint (``flashu/data/testbed``) was produced by::
 
-    python -m flashu.testbed.train --out runs/testbed --threads 1 --export src/flashu/data/testbed
+    python -m flashu.testbed.train --out runs/testbed --threads 2 --export src/flashu/data/testbed
 
 (all other options at their defaults; see ``SHIPPED_COMMAND`` and ``src/flashu/data/testbed/training.json``).
 """
@@ -58,7 +58,7 @@ from ..tokenizer import SpecialTokens, build_local_tokenizer
 from ..vae import LatentCodec, build_vae
 from . import world
 
-SHIPPED_COMMAND = "python -m flashu.testbed.train --out runs/testbed --threads 1 --export src/flashu/data/testbed"
+SHIPPED_COMMAND = "python -m flashu.testbed.train --out runs/testbed --threads 2 --export src/flashu/data/testbed"
 CHECKPOINT = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
 LOSSES_PNG = "losses.png"
@@ -377,7 +377,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["model_config"] != config.to_dict():
+        sampling = ("default_steps", "default_guidance")  # inference settings: free to change after training
+        if ({k: v for k, v in state["model_config"].items() if k not in sampling}
+                != {k: v for k, v in config.to_dict().items() if k not in sampling}):
             raise SystemExit(f"{ckpt_path} was trained with another model config; use a fresh --out")
         model.load_state_dict(state["model"])
         model.tie_weights_if_needed()
