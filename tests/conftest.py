@@ -24,6 +24,17 @@ def tiny_bundle():
     return load_model("tiny", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def bundle():
+    """A tiny model private to one test module: its tests may accelerate or modify it (restored afterwards), so the
+    session-wide ``tiny_bundle`` stays untouched."""
+    from flashu import load_model, restore
+
+    b = load_model("tiny", device="cpu")
+    yield b
+    restore(b)
+
+
 @pytest.fixture(scope="session")
 def sample_image(tmp_path_factory):
     from PIL import Image, ImageDraw

@@ -25,14 +25,6 @@ NONE = dict(prune_ratio=0.0, layer_skip_ratio=0.0, token_prune_ratio=0.0)
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    """A private tiny model: tests here accelerate it, so the session-wide fixture stays untouched."""
-    b = flashu.load_model("tiny", device="cpu")
-    yield b
-    flashu.restore(b)
-
-
-@pytest.fixture(scope="module")
 def image(sample_image):
     return str(sample_image)
 

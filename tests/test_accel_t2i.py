@@ -19,11 +19,6 @@ STEPS = 50  # → 34 evaluations under the paper's 0.7 step fraction
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return flashu.load_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def t2i_scores(bundle):
     return calibrate(bundle, "t2i", samples=3, steps=4, progress=False)
 

@@ -23,12 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    """A private tiny model: the brute-force test zeroes (and restores) weights."""
-    return flashu.load_model("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def result(bundle):
     return specialization(bundle, samples=2, steps=3, progress=False, include_scores=True)
 

@@ -31,13 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    b = flashu.load_model("tiny", device="cpu")
-    yield b
-    flashu.restore(b)
-
-
-@pytest.fixture(scope="module")
 def mmu_data(tmp_path_factory):
     return write_understanding_set(tmp_path_factory.mktemp("mmu"), 1)  # one scene: several questions
 
