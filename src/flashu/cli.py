@@ -126,6 +126,17 @@ def generate(model, prompts, steps, guidance, seed, size, out, progress, accel, 
         click.echo("acceleration: " + "  ".join(f"{k}={v}" for k, v in stats.items()))
 
 
+def _write_report(text: str, data: dict, json_out: Path | None, plot_out: Path | None, plot_fn) -> None:
+    """Print a command's markdown report; optionally write its JSON and its figure."""
+    click.echo(text)
+    if json_out:
+        json_out.write_text(json.dumps(data, indent=2))
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        plot_fn(data, str(plot_out))
+        click.echo(f"wrote {plot_out}")
+
+
 def _output_paths(out: Path, count: int) -> list[Path]:
     if count == 1 and out.suffix:
         return [out]
@@ -281,13 +292,7 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
     bundle = load_model(model, dtype=dtype, device=device)
     report = run_benchmark(bundle, tasks, specs, repeats=repeats, inputs=inputs,
                            calibration_samples=calibration_samples, instrument=instrument, progress=progress)
-    click.echo(markdown(report))
-    if json_out:
-        json_out.write_text(json.dumps(report, indent=2))
-        click.echo(f"wrote {json_out}")
-    if plot_out:
-        plot(report, str(plot_out))
-        click.echo(f"wrote {plot_out}")
+    _write_report(markdown(report), report, json_out, plot_out, plot)
 
 
 # ---------------------------------------------------------------------------- flashu eval testbed (issue 6)
@@ -435,13 +440,7 @@ def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_
         raise FlashuError(f"--top-fraction must be in (0, 1], got {top_fraction}")
     bundle = load_model(model, dtype=dtype, device=device)
     result = specialization(bundle, samples=samples, top_fraction=top_fraction, loo=not no_loo, progress=progress)
-    click.echo(markdown(result))
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
-        click.echo(f"wrote {json_out}")
-    if plot_out:
-        plot_specialization(result, str(plot_out))
-        click.echo(f"wrote {plot_out}")
+    _write_report(markdown(result), result, json_out, plot_out, plot_specialization)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -308,6 +308,19 @@ def _check_run(book: Path, settings: dict, shard: distributed.Shard) -> None:
                               "another output directory or delete it")
 
 
+def _start_runs(bundle: Showo2Bundle, task: str, parsed: dict, dirs: dict, out: Path, common: dict,
+                scores: dict | None, calibration_samples: int, shard: distributed.Shard, progress: bool) -> dict:
+    """Check every configuration's run settings (all ranks, before any write), get the shared importance scores,
+    then record the settings (rank 0). Returns the scores."""
+    for spec in parsed:
+        _check_run(_book(out, task, dirs[spec]), {**common, "config": spec}, shard)
+    scores = _shared_scores(bundle, task, parsed, scores, out, calibration_samples, shard, progress)
+    if shard.is_main:
+        for spec in parsed:
+            _write_json(_book(out, task, dirs[spec]) / "run.json", {**common, "config": spec})
+    return scores
+
+
 # ---------------------------------------------------------------------------------------------- configurations
 @contextmanager
 def _configured(bundle: Showo2Bundle, task: str, config, scores: dict, calibration_samples: int,
@@ -396,12 +409,7 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
     common = {"task": "t2i", "model": model_fingerprint(bundle.model), "format": fmt, "steps": steps,
               "guidance": guidance, "seed": seed, "samples_per_prompt": samples, "image_size": size,
               "items": _digest([[it.id, it.prompt, it.metadata] for it in items])}
-    for spec in parsed:
-        _check_run(_book(out, "t2i", dirs[spec]), {**common, "config": spec}, shard)
-    scores = _shared_scores(bundle, "t2i", parsed, scores, out, calibration_samples, shard, progress)
-    if shard.is_main:
-        for spec in parsed:
-            _write_json(_book(out, "t2i", dirs[spec]) / "run.json", {**common, "config": spec})
+    scores = _start_runs(bundle, "t2i", parsed, dirs, out, common, scores, calibration_samples, shard, progress)
 
     from .pipelines.t2i import generate
 
@@ -506,12 +514,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
     common = {"task": "mmu", "model": model_fingerprint(bundle.model), "max_new_tokens": int(max_new_tokens),
               "image_size": bundle.config.image_size,
               "items": _digest([[it.id, it.image, it.question, it.answer] for it in items])}
-    for spec in parsed:
-        _check_run(_book(out, "mmu", dirs[spec]), {**common, "config": spec}, shard)
-    scores = _shared_scores(bundle, "mmu", parsed, scores, out, calibration_samples, shard, progress)
-    if shard.is_main:
-        for spec in parsed:
-            _write_json(_book(out, "mmu", dirs[spec]) / "run.json", {**common, "config": spec})
+    scores = _start_runs(bundle, "mmu", parsed, dirs, out, common, scores, calibration_samples, shard, progress)
 
     mine = shard.take(items)
     for spec, config in parsed.items():

@@ -20,8 +20,9 @@ generation's range. No hybrid phase: understanding is single-pass.
   ``T_LS = 0``: the prefill's ranking is kept for the whole answer.
 * A layer skipped on a decode step is an identity for the residual stream but, with ``fill_skipped_kv`` (default),
   still appends that token's key/value, computed from its input (its input norm and the thin GQA k/v projections,
-  ~2 % of a layer's weights on ``small``); keys and values depend only on a layer's input, so these are exactly the ones it would have
-  made, and when the layer runs again after a re-ranking it attends to the whole answer so far. Without it, a
+  ~2 % of a layer's weights on ``small``); keys and values depend only on a layer's input, so these are exactly
+  the ones it would have made, and when the layer runs again after a re-ranking it attends to the whole answer so
+  far. Without it, a
   skipped layer appends nothing and per-layer KV-cache lengths differ (``KVCache`` allows this). Keys are cached
   after RoPE and decode positions continue from the original prompt length, so positions stay exact whatever was
   skipped or pruned.

@@ -259,10 +259,8 @@ class Showo2(nn.Module):
                 probe.linear_inputs(i, "qkv", h)
             B, L, _ = h.shape
             wq, bq, wk, bk, wv, bv, wo = _attention_weights(attn, plan.attention_range(i), cfg)
-            q = F.linear(h, wq, bq).view(B, L, -1, cfg.head_dim).transpose(1, 2)
-            k = F.linear(h, wk, bk).view(B, L, -1, cfg.head_dim).transpose(1, 2)
-            v = F.linear(h, wv, bv).view(B, L, -1, cfg.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q = apply_rope(F.linear(h, wq, bq).view(B, L, -1, cfg.head_dim).transpose(1, 2), cos, sin)
+            k, v = _keys_values(h, wk, bk, wv, bv, cos, sin, cfg.head_dim)
             if not selected and i >= selector.layer:
                 keep = selector.select(v, k, x, q if getattr(selector, "needs_queries", False) else None)
                 selected = True
@@ -297,11 +295,8 @@ class Showo2(nn.Module):
         cfg = self.config.llm
         layer = self.layers[i]
         h = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
-        B, L, _ = h.shape
         _, _, wk, bk, wv, bv, _ = _attention_weights(layer.self_attn, plan.attention_range(i), cfg)
-        k = F.linear(h, wk, bk).view(B, L, -1, cfg.head_dim).transpose(1, 2)
-        v = F.linear(h, wv, bv).view(B, L, -1, cfg.head_dim).transpose(1, 2)
-        cache.update(i, apply_rope(k, cos, sin), v)
+        cache.update(i, *_keys_values(h, wk, bk, wv, bv, cos, sin, cfg.head_dim))
 
     # ------------------------------------------------------------------ flow head
     def run_head_blocks(self, hidden: torch.Tensor, c: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
@@ -379,6 +374,14 @@ def patchify_targets(latents: torch.Tensor, patch: int) -> torch.Tensor:
     """Inverse of :func:`unpatchify` (the training-label layout): [B, C, h, w] → [B, N, patch²·C]."""
     B, C, H, W = latents.shape
     return latents.reshape(B, C, H * W).transpose(1, 2).reshape(B, (H * W) // (patch * patch), patch * patch * C)
+
+
+def _keys_values(h, wk, bk, wv, bv, cos, sin, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder layer's keys (after RoPE) and values [B, kv_heads, L, head_dim] from its normed input ``h``."""
+    B, L, _ = h.shape
+    k = F.linear(h, wk, bk).view(B, L, -1, head_dim).transpose(1, 2)
+    v = F.linear(h, wv, bv).view(B, L, -1, head_dim).transpose(1, 2)
+    return apply_rope(k, cos, sin), v
 
 
 def _attention_weights(attn: nn.Module, groups: tuple[int, int] | None, cfg):
