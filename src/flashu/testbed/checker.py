@@ -3,12 +3,12 @@
 :func:`analyse` segments an image into palette colours — each pixel read as a palette colour laid over white with
 some coverage, so a blurred edge keeps its place (coverage ≥ 1/2) and generated, slightly-off colours still count
 while greys and in-between colours do not — splits each colour into 8-connected components, drops specks, and
-classifies each component from its bounding box:
-
-* vertical skew of the centroid in the box: an upward triangle is bottom-heavy (1/6 of its height), circles and
-  squares are symmetric — this survives blur, which makes a small triangle's fill ratio look like a circle's;
-* fill ratio (pixels / box area) of the symmetric ones: square ≈ 1.0, circle ≈ π/4 ≈ 0.78;
-* aspect ratio: a box much longer than wide is none of them; anything unclassifiable is ``"other"``.
+classifies each component by fitting the world's three shapes to it: each shape's outline, drawn by the renderer
+itself in boxes around the size whose area matches the component and placed around its centroid, scored by
+intersection-over-union with the component. The component is the shape that fits best, or ``"other"`` when none fits
+well (a bar, an L, an upside-down triangle) or when it has a large hole (a ring, a frame). A fit degrades gracefully where a bounding-box rule breaks: a generated square with a
+notched edge and a stray pixel still overlaps a square outline far better than a circle, though its box fill ratio
+looks like a circle's.
 
 :func:`check_generation` then judges the detections against a scene or caption attribute by attribute, like GenEval:
 ``count`` (exactly as many objects), ``colours`` / ``shapes`` (each one asked for is there), ``binding`` (each
@@ -17,19 +17,21 @@ colour is on the right shape) and ``positions`` (the pair's relation); ``correct
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .world import (
     BACKGROUND,
     COLOURS,
     PALETTE,
     Scene,
+    draw_shape,
     number_word,
     parse_caption,
     position_of,
@@ -44,10 +46,15 @@ MAX_ALPHA = 1.5  # coverage above 1 is a darker shade of the colour; cap it so b
 # Components smaller than this fraction of the image are noise (10 px at 32×32); the smallest rendered shape,
 # an 8 px triangle, has about 36 px.
 MIN_AREA_FRACTION = 0.01
-SQUARE_MIN_FILL = 0.88  # rendered squares fill 1.0; blur rounds their corners a little
-CIRCLE_MIN_FILL = 0.66  # rendered circles fill 0.75-0.81 from 8 px up (a square's inscribed circle: π/4)
-TRIANGLE_MIN_SKEW = 0.06  # circles/squares: 0; rendered triangles 0.095 (8 px, blurred) to 0.16 (1/6 in the limit)
-MAX_ASPECT = 1.5  # rendered shapes have square boxes
+# Renderer images fit their own outline at IoU >= 0.92 (8 px and blurred, the worst case) and any other shape's at
+# <= 0.87 (a blurred 8 px square against a circle); with 15 % of their edge pixels flipped (the ragged edges of
+# generated shapes) 99 % still fit theirs at >= 0.756. Shapes that are not in the world fit worse: a 2:1 rectangle,
+# an L or a T about 0.61, an upside-down or right-angled triangle 0.71. A thick plus sign (0.77) still passes.
+MIN_SHAPE_FIT = 0.75
+MAX_HOLE_FRACTION = 0.1  # rings and frames: 0.2-0.3; a generated shape's stray 1-2 px holes: a few per cent
+_BOX_FRACTION = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area of each outline / area of its box
+_SIZE_SLACK = 2  # box sides tried: the area-matched side ± this many pixels
+_SHIFT_SLACK = 1  # positions tried: centroid-aligned ± this many pixels in x and y
 ATTRIBUTES: tuple[str, ...] = ("count", "colours", "shapes", "binding", "positions")
 
 _WHITE = np.array(BACKGROUND, dtype=np.float32)
@@ -64,7 +71,7 @@ class DetectedShape:
     centre: tuple[float, float]
     area: int  # pixels
     bbox: tuple[int, int, int, int]  # inclusive pixel box (x0, y0, x1, y1)
-    fill: float  # area / bounding-box area
+    fit: float  # IoU with the best-fitting outline of ``shape`` (of the best shape when ``shape`` is "other")
 
     @property
     def position(self) -> str:
@@ -133,28 +140,65 @@ def connected_components(mask: np.ndarray) -> list[np.ndarray]:
     return [labels == value for value in np.unique(labels[mask])]
 
 
-def classify(component: np.ndarray) -> tuple[str, tuple[int, int, int, int], float]:
-    """Shape name, inclusive bounding box and fill ratio of one component mask."""
+@functools.lru_cache(maxsize=None)
+def outline(shape: str, side: int) -> tuple[np.ndarray, float, float]:
+    """The renderer's ``shape`` in a ``side``-pixel box, as a boolean mask, and its centroid (x, y) in the box."""
+    image = Image.new("1", (side, side), 0)
+    draw_shape(ImageDraw.Draw(image), shape, (0, 0, side - 1, side - 1), 1)
+    mask = np.asarray(image, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    return mask, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+
+
+def shape_fits(component: np.ndarray) -> dict[str, float]:
+    """Best IoU of ``component`` with each shape's outline over box sides around the area-matched one and positions
+    around the one that aligns the centroids."""
     ys, xs = np.nonzero(component)
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    w, h = x1 - x0 + 1, y1 - y0 + 1
-    fill = float(component.sum()) / (w * h)
-    box = (x0, y0, x1, y1)
-    # How far the centroid sits below the middle of the box, in box heights: an upward triangle's centroid is at
-    # 2/3 of its height (skew 1/6), circles and squares are symmetric (0). Blur rounds a small triangle until its
-    # fill ratio looks like a circle's, but it stays bottom-heavy, so skew is what separates triangles.
-    skew = ((float(ys.mean()) + 0.5) - (y0 + y1 + 1) / 2) / h
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        shape = "other"
-    elif skew >= TRIANGLE_MIN_SKEW and fill < SQUARE_MIN_FILL:
-        shape = "triangle"
-    elif abs(skew) < TRIANGLE_MIN_SKEW and fill >= SQUARE_MIN_FILL:
-        shape = "square"
-    elif abs(skew) < TRIANGLE_MIN_SKEW and fill >= CIRCLE_MIN_FILL:
-        shape = "circle"
-    else:
-        shape = "other"
-    return shape, box, fill
+    area = len(xs)
+    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+    h, w = component.shape
+    fits = {}
+    for shape, box_fraction in _BOX_FRACTION.items():
+        matched = round(float(np.sqrt(area / box_fraction)))
+        best = 0.0
+        for side in range(max(3, matched - _SIZE_SLACK), matched + _SIZE_SLACK + 1):
+            mask, mx, my = outline(shape, side)
+            for dy in range(-_SHIFT_SLACK, _SHIFT_SLACK + 1):
+                for dx in range(-_SHIFT_SLACK, _SHIFT_SLACK + 1):
+                    x0, y0 = round(cx - mx) + dx, round(cy - my) + dy
+                    # the part of the outline inside the image; what falls outside only adds to the union
+                    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+                    inter = 0
+                    if ix0 < ix1 and iy0 < iy1:
+                        inter = int((component[iy0:iy1, ix0:ix1] & mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]).sum())
+                    best = max(best, inter / (area + int(mask.sum()) - inter))
+        fits[shape] = best
+    return fits
+
+
+def hole_fraction(component: np.ndarray) -> float:
+    """Share of the component's filled area (itself plus its holes) that is hole: background it encloses."""
+    x0, y0, x1, y1 = _box(component)
+    crop = np.pad(component[y0 : y1 + 1, x0 : x1 + 1], 1)  # a background ring that touches every outside pixel
+    background = [c for c in connected_components(~crop) if not c[0, 0]]
+    holes = int(sum(c.sum() for c in background))
+    return holes / (holes + int(component.sum()))
+
+
+def classify(component: np.ndarray) -> tuple[str, tuple[int, int, int, int], float]:
+    """Shape name, inclusive bounding box and best fit (:func:`shape_fits`) of one component mask. ``"other"`` when
+    no outline fits at :data:`MIN_SHAPE_FIT`, or when :data:`MAX_HOLE_FRACTION` of it is hole (a ring or a frame
+    overlaps a disc or square well, but the world's shapes are solid)."""
+    fits = shape_fits(component)
+    shape = max(fits, key=fits.get)
+    if fits[shape] < MIN_SHAPE_FIT or hole_fraction(component) > MAX_HOLE_FRACTION:
+        return "other", _box(component), fits[shape]
+    return shape, _box(component), fits[shape]
+
+
+def _box(component: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(component)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
 def analyse(image: Image.Image, max_residual: float = MAX_COLOUR_RESIDUAL) -> list[DetectedShape]:
@@ -174,10 +218,10 @@ def analyse(image: Image.Image, max_residual: float = MAX_COLOUR_RESIDUAL) -> li
             area = int(component.sum())
             if area < min_area:
                 continue
-            shape, box, fill = classify(component)
+            shape, box, fit = classify(component)
             ys, xs = np.nonzero(component)
             centre = ((float(xs.mean()) + 0.5) / w, (float(ys.mean()) + 0.5) / h)  # pixel i covers [i, i+1)
-            found.append(DetectedShape(colour, shape, centre, area, box, fill))
+            found.append(DetectedShape(colour, shape, centre, area, box, fit))
     return sorted(found, key=lambda d: (d.centre[0], d.centre[1]))
 
 

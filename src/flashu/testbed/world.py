@@ -5,8 +5,8 @@ checker (:mod:`flashu.testbed.checker`) can read an image back:
 
 * **Palette** — six saturated colours at least ~127 apart in RGB from each other and from white, so colour
   segmentation still works on slightly-off generated colours.
-* **Shapes** — circle, square, triangle (pointing up): a triangle is bottom-heavy, and the symmetric two differ in
-  bounding-box fill ratio (≈0.78 vs 1.0), well apart even at 8 px, so simple geometry tells them apart.
+* **Shapes** — circle, square, triangle (pointing up): solid, upright and far enough apart that the renderer's own
+  outline of one overlaps another's with IoU ≤ 0.87 even at 8 px and blurred, so fitting outlines tells them apart.
 * **Layout** — a single shape sits at the centre; a pair sits in the left/right halves or the top/bottom halves,
   so the relation between them is never ambiguous. Centres get a small jitter and each shape is small or large,
   which varies the images without changing the caption.
@@ -48,7 +48,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 COLOURS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # Side of a shape's bounding box as a fraction of the image side: 8 px / 12 px at 32 px. Below 8 px a rasterised
-# circle's fill ratio drifts towards a triangle's, so 8 px is the smallest size the checker decides reliably.
+# circle, square and triangle differ in too few pixels for the checker to tell them apart reliably.
 SIZES: dict[str, float] = {"small": 0.25, "large": 0.375}
 # Relation of the first shape of a pair to the second, as the caption says it and as an answer word.
 RELATIONS: dict[str, str] = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
@@ -189,15 +189,21 @@ def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for spec in scene.shapes:
-        x0, y0, x1, y1 = shape_box(spec, size)
-        fill = PALETTE[spec.colour]
-        if spec.shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif spec.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        else:  # triangle pointing up: apex at the top centre, base along the bottom edge
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+        draw_shape(draw, spec.shape, shape_box(spec, size), PALETTE[spec.colour])
     return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+    """Draw one upright ``shape`` filling the inclusive pixel ``box``; the checker fits these same outlines."""
+    x0, y0, x1, y1 = box
+    if shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "triangle":  # pointing up: apex at the top centre, base along the bottom edge
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
 
 
 # ------------------------------------------------------------------------------------------------------- language
