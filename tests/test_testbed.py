@@ -224,6 +224,25 @@ def test_train_runs_and_resumes_exactly(tmp_path):
     assert [r["step"] for r in T.read_losses(tmp_path / "b" / T.LOSSES_CSV)] == [1, 2]
 
 
+
+def test_train_init_starts_a_second_stage_from_another_runs_weights(tmp_path):
+    """``init``: the first stage's weights, a fresh optimizer and schedule (step 1 again), its own loss log."""
+    model_cfg = tiny_pixel_config()
+    cfg = T.TrainConfig(steps=1, gen_batch=2, mmu_batch=1, warmup=1, log_every=1, checkpoint_every=1, seed=1)
+    first = T.train(cfg, tmp_path / "first", progress=False, model_config=model_cfg)
+    fresh = T.train(T.TrainConfig(**{**vars(cfg), "lr": 0.0}), tmp_path / "zero", progress=False,
+                    model_config=model_cfg, init=tmp_path / "first")
+    for (name, a), b in zip(first.model.state_dict().items(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b), name  # lr 0: the stage starts from (and here keeps) the first stage's weights
+    assert [r["step"] for r in T.read_losses(tmp_path / "zero" / T.LOSSES_CSV)] == [1]
+    second = T.train(T.TrainConfig(**{**vars(cfg), "seed": 2}), tmp_path / "second", progress=False,
+                     model_config=model_cfg, init=tmp_path / "first" / T.CHECKPOINT)
+    assert any(not torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                     second.model.state_dict().values()))
+    with pytest.raises(SystemExit, match="no checkpoint.pt"):
+        T.train(cfg, tmp_path / "third", progress=False, model_config=model_cfg, init=tmp_path / "absent")
+
+
 def test_train_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
     code = T.main(["--out", str(out), "--model", "tiny", "--steps", "2", "--gen-batch", "2", "--mmu-batch", "1",

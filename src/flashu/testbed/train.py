@@ -23,11 +23,16 @@ Checkpoints (``checkpoint.pt``), the loss log (``losses.csv``) and the loss curv
 matplotlib) go to ``--out``; ``--export DIR`` writes the final model with :func:`flashu.save_pretrained` plus
 ``reference.json`` (outputs recorded for the reproduction test).
 
-The shipped checkpoint (``flashu/data/testbed``) was produced by::
+The shipped checkpoint (``flashu/data/testbed``) was produced in two stages (``SHIPPED_COMMANDS``; settings and
+times in ``src/flashu/data/testbed/training.json``)::
 
     python -m flashu.testbed.train --out runs/testbed --threads 2 --export src/flashu/data/testbed
+    python -m flashu.testbed.train --out runs/testbed-stage2 --init runs/testbed --steps 1000 --lr 5e-4 \\
+        --warmup 50 --seed 1 --threads 2 --export src/flashu/data/testbed
 
-(all other options at their defaults; see ``SHIPPED_COMMAND`` and ``src/flashu/data/testbed/training.json``).
+The second stage (``--init``: the first stage's weights, a fresh optimizer and a short, lower cosine schedule on a
+new stream of scenes) is what brings the baseline's generation accuracy from about 79 % to 84.5 % on the
+validation split: the first stage's squares still had ragged edges.
 """
 
 from __future__ import annotations
@@ -58,7 +63,11 @@ from ..tokenizer import SpecialTokens, build_local_tokenizer
 from ..vae import LatentCodec, build_vae
 from . import world
 
-SHIPPED_COMMAND = "python -m flashu.testbed.train --out runs/testbed --threads 2 --export src/flashu/data/testbed"
+SHIPPED_COMMANDS = (
+    "python -m flashu.testbed.train --out runs/testbed --threads 2 --export src/flashu/data/testbed",
+    "python -m flashu.testbed.train --out runs/testbed-stage2 --init runs/testbed --steps 1000 --lr 5e-4 --warmup 50"
+    " --seed 1 --threads 2 --export src/flashu/data/testbed",
+)
 CHECKPOINT = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
 LOSSES_PNG = "losses.png"
@@ -362,8 +371,11 @@ def plot_losses(out: Path) -> Path | None:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          model_config: Showo2Config | None = None) -> Showo2Bundle:
-    """Train (or resume) into ``out``; returns the trained bundle (eval mode)."""
+          model_config: Showo2Config | None = None, init: str | Path | None = None) -> Showo2Bundle:
+    """Train (or resume) into ``out``; returns the trained bundle (eval mode).
+
+    ``init``: start from the weights of another run (its directory or a ``checkpoint.pt``) with a fresh optimizer
+    and schedule — a second stage; ``resume`` continues ``out``'s own checkpoint and takes precedence."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -376,21 +388,21 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     start, elapsed = 0, 0.0
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        sampling = ("default_steps", "default_guidance")  # inference settings: free to change after training
-        if ({k: v for k, v in state["model_config"].items() if k not in sampling}
-                != {k: v for k, v in config.to_dict().items() if k not in sampling}):
-            raise SystemExit(f"{ckpt_path} was trained with another model config; use a fresh --out")
-        model.load_state_dict(state["model"])
-        model.tie_weights_if_needed()
+        state = _load_weights(model, ckpt_path, config)
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         # drop log rows past the checkpoint (written after it, before the interruption)
         rows = [r for r in read_losses(out / LOSSES_CSV) if r["step"] <= start]
         (out / LOSSES_CSV).unlink(missing_ok=True)
         _append_csv(out / LOSSES_CSV, [{k: (int(v) if k == "step" else v) for k, v in r.items()} for r in rows])
-    elif (out / LOSSES_CSV).exists():
-        (out / LOSSES_CSV).unlink()
+    else:
+        if init is not None:
+            init_path = Path(init) / CHECKPOINT if Path(init).is_dir() else Path(init)
+            if not init_path.is_file():
+                raise SystemExit(f"--init {init}: no {CHECKPOINT} there; pass a training run directory or its "
+                                 f"{CHECKPOINT}")
+            _load_weights(model, init_path, config)
+        (out / LOSSES_CSV).unlink(missing_ok=True)
     (out / "train_config.json").write_text(json.dumps({"train": asdict(cfg), "model": config.to_dict()}, indent=2))
 
     pending: list[dict] = []
@@ -440,6 +452,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     bar.close()
     model.eval()
     return bundle
+
+
+def _load_weights(model: torch.nn.Module, path: Path, config: Showo2Config) -> dict:
+    """Load a training checkpoint's weights into ``model`` after checking it has ``config``'s architecture."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    sampling = ("default_steps", "default_guidance")  # inference settings: free to change after training
+    if ({k: v for k, v in state["model_config"].items() if k not in sampling}
+            != {k: v for k, v in config.to_dict().items() if k not in sampling}):
+        raise SystemExit(f"{path} was trained with another model config")
+    model.load_state_dict(state["model"])
+    model.tie_weights_if_needed()
+    return state
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -501,6 +525,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoint, losses.csv, losses.png)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from another run's weights (its directory or checkpoint.pt), fresh optimizer and "
+                        "schedule: a second training stage")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--export", type=Path, default=None, help="write the trained model here (save_pretrained)")
     p.add_argument("--export-dtype", choices=("float16", "float32"), default="float16")
@@ -521,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    bundle = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    bundle = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, init=args.init)
     rows = read_losses(args.out / LOSSES_CSV)
     print(f"trained {cfg.steps} steps in {rows[-1]['seconds'] if rows else 0:.0f} s of training "
           f"({time.time() - t0:.0f} s this run); final flow {rows[-1]['flow']:.4f}, ce {rows[-1]['ce']:.4f}"
