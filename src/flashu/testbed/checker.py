@@ -163,6 +163,7 @@ def shape_fits(component: np.ndarray) -> dict[str, float]:
         best = 0.0
         for side in range(max(3, matched - _SIZE_SLACK), matched + _SIZE_SLACK + 1):
             mask, mx, my = outline(shape, side)
+            outline_area = int(mask.sum())
             for dy in range(-_SHIFT_SLACK, _SHIFT_SLACK + 1):
                 for dx in range(-_SHIFT_SLACK, _SHIFT_SLACK + 1):
                     x0, y0 = round(cx - mx) + dx, round(cy - my) + dy
@@ -170,8 +171,9 @@ def shape_fits(component: np.ndarray) -> dict[str, float]:
                     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
                     inter = 0
                     if ix0 < ix1 and iy0 < iy1:
-                        inter = int((component[iy0:iy1, ix0:ix1] & mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]).sum())
-                    best = max(best, inter / (area + int(mask.sum()) - inter))
+                        inside = mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+                        inter = int((component[iy0:iy1, ix0:ix1] & inside).sum())
+                    best = max(best, inter / (area + outline_area - inter))
         fits[shape] = best
     return fits
 
@@ -191,9 +193,8 @@ def classify(component: np.ndarray) -> tuple[str, tuple[int, int, int, int], flo
     overlaps a disc or square well, but the world's shapes are solid)."""
     fits = shape_fits(component)
     shape = max(fits, key=fits.get)
-    if fits[shape] < MIN_SHAPE_FIT or hole_fraction(component) > MAX_HOLE_FRACTION:
-        return "other", _box(component), fits[shape]
-    return shape, _box(component), fits[shape]
+    solid = hole_fraction(component) <= MAX_HOLE_FRACTION
+    return (shape if fits[shape] >= MIN_SHAPE_FIT and solid else "other"), _box(component), fits[shape]
 
 
 def _box(component: np.ndarray) -> tuple[int, int, int, int]:
