@@ -117,8 +117,9 @@ def test_shipped_checkpoint_is_packaged_and_small():
     assert (directory / "config.json").is_file() and weights.is_file()
     assert weights.stat().st_size <= 25 * 2**20
     assert sum(f.stat().st_size for f in directory.iterdir()) <= 26 * 2**20
-    info = json.loads((directory / "training.json").read_text())
-    assert info["command"].startswith("python -m flashu.testbed.train")
+    info = json.loads((directory / T.TRAINING_JSON).read_text())
+    assert [stage["command"] for stage in info["stages"]] == list(T.SHIPPED_COMMANDS)
+    assert info["command"] == " && ".join(T.SHIPPED_COMMANDS)
 
 
 def test_shipped_checkpoint_reproduces_recorded_outputs(testbed):
@@ -252,6 +253,16 @@ def test_train_cli_end_to_end(tmp_path):
     assert json.loads((tmp_path / "export" / "reference.json").read_text())["generation"]["steps"] == 8
     loaded = flashu.load_model(str(tmp_path / "export"), device="cpu")
     assert loaded.config.name == "tiny"
+    # a second stage records both, in its run directory and in its export
+    second = ["--out", str(tmp_path / "stage2"), "--init", str(out), "--model", "tiny", "--steps", "1", "--gen-batch",
+              "2", "--mmu-batch", "1", "--no-progress", "--threads", "1", "--export", str(tmp_path / "export2")]
+    assert T.main(second) == 0
+    record = json.loads((tmp_path / "export2" / T.TRAINING_JSON).read_text())
+    assert record == json.loads((tmp_path / "stage2" / T.TRAINING_JSON).read_text())
+    first = json.loads((out / T.TRAINING_JSON).read_text())
+    assert [stage["train"]["steps"] for stage in record["stages"]] == [2, 1]
+    assert record["command"] == first["command"] + " && python -m flashu.testbed.train " + " ".join(second)
+    assert record["train_seconds"] == pytest.approx(sum(stage["train_seconds"] for stage in record["stages"]), abs=0.01)
 
 
 # -------------------------------------------------------------------------------------------------- evaluate

@@ -6,9 +6,9 @@ while greys and in-between colours do not — splits each colour into 8-connecte
 classifies each component by fitting the world's three shapes to it: each shape's outline, drawn by the renderer
 itself in boxes around the size whose area matches the component and placed around its centroid, scored by
 intersection-over-union with the component. The component is the shape that fits best, or ``"other"`` when none fits
-well (a bar, an L, an upside-down triangle) or when it has a large hole (a ring, a frame). A fit degrades gracefully where a bounding-box rule breaks: a generated square with a
-notched edge and a stray pixel still overlaps a square outline far better than a circle, though its box fill ratio
-looks like a circle's.
+well (a bar, an L, an upside-down triangle) or when it has a large hole (a ring, a frame). A fit degrades gracefully
+where a bounding-box rule breaks: a generated square with a notched edge and a stray pixel still overlaps a square
+outline far better than a circle, though its box fill ratio looks like a circle's.
 
 :func:`check_generation` then judges the detections against a scene or caption attribute by attribute, like GenEval:
 ``count`` (exactly as many objects), ``colours`` / ``shapes`` (each one asked for is there), ``binding`` (each

@@ -71,6 +71,7 @@ SHIPPED_COMMANDS = (
 CHECKPOINT = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
 LOSSES_PNG = "losses.png"
+TRAINING_JSON = "training.json"  # settings and times of every stage, next to the checkpoint and the export
 CSV_FIELDS = ("step", "loss", "flow", "ce", "lr", "grad_norm", "seconds")
 
 
@@ -484,7 +485,7 @@ def export(bundle: Showo2Bundle, directory: str | Path, *, dtype: torch.dtype = 
     finally:
         model.to(original)
     if train_info is not None:
-        (directory / "training.json").write_text(json.dumps(train_info, indent=2))
+        (directory / TRAINING_JSON).write_text(json.dumps(train_info, indent=2))
     loaded = load_model(str(directory), device="cpu", dtype="float32")
     (directory / "reference.json").write_text(json.dumps(record_reference(loaded), indent=2))
     return directory
@@ -542,6 +543,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     return cfg, args
 
 
+def training_record(stage: dict, init: Path | None) -> dict:
+    """What ``training.json`` says of a run: every stage that led to its weights (those of the ``--init`` run
+    first, read from its ``training.json``), the commands joined with ``&&``, total training time, final losses."""
+    stages = [stage]
+    if init is not None:
+        earlier = (init if init.is_dir() else init.parent) / TRAINING_JSON
+        if earlier.is_file():
+            stages = json.loads(earlier.read_text())["stages"] + stages
+    seconds = [s["train_seconds"] for s in stages]
+    return {"command": " && ".join(s["command"] for s in stages), "stages": stages,
+            "train_seconds": None if None in seconds else round(sum(seconds), 2), "final": stage["final"],
+            "torch": stage["torch"], "threads": stage["threads"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg, args = parse_args(argv)
@@ -553,11 +568,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {cfg.steps} steps in {rows[-1]['seconds'] if rows else 0:.0f} s of training "
           f"({time.time() - t0:.0f} s this run); final flow {rows[-1]['flow']:.4f}, ce {rows[-1]['ce']:.4f}"
           if rows else "no steps run", file=sys.stderr)
+    stage = {"command": " ".join(["python -m flashu.testbed.train", *(argv if argv is not None else sys.argv[1:])]),
+             "train": asdict(cfg), "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "train_seconds": rows[-1]["seconds"] if rows else None,
+             "final": {k: rows[-1][k] for k in ("flow", "ce")} if rows else None}
+    info = training_record(stage, args.init)
+    (args.out / TRAINING_JSON).write_text(json.dumps(info, indent=2))
     if args.export is not None:
-        info = {"command": " ".join(["python -m flashu.testbed.train", *(argv if argv is not None else sys.argv[1:])]),
-                "train": asdict(cfg), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "train_seconds": rows[-1]["seconds"] if rows else None,
-                "final": {k: rows[-1][k] for k in ("flow", "ce")} if rows else None}
         dtype = torch.float16 if args.export_dtype == "float16" else torch.float32
         path = export(bundle, args.export, dtype=dtype, train_info=info)
         print(f"exported to {path}", file=sys.stderr)
