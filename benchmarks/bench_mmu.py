@@ -305,7 +305,7 @@ def run_profile(args) -> dict:
 
     with torch.no_grad():
         inputs = build_understanding_inputs(bundle, img, q)
-        from flashu.images import preprocess_image
+        from flashu.io.images import preprocess_image
 
         pixels = preprocess_image(img, bundle.config.image_size)[None]
         t_vae = med(lambda: bundle.codec.encode(pixels), 3)

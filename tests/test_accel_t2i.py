@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import flashu
+import flashu.pipelines.sampling
 from flashu import FlashuError
 from flashu.accel.calibration import calibrate
 from flashu.accel.config import FlashUConfig, GenerationAccelConfig, accel_preset
@@ -179,8 +180,8 @@ def test_interleaved_generations_keep_separate_state(bundle, t2i_scores):
                     out = model.forward_generation(torch.cat([x, x]), torch.full((2 * n,), grid[k]), inputs,
                                                    session.plan(k))
                     session.observe(k, out)
-                    v = flashu.sampling.guided(out.velocity, session.schedule.guidance[k], n)
-                    run[2] = flashu.sampling.euler_update(x, v, grid[k], grid[k + 1])
+                    v = flashu.pipelines.sampling.guided(out.velocity, session.schedule.guidance[k], n)
+                    run[2] = flashu.pipelines.sampling.euler_update(x, v, grid[k], grid[k + 1])
     assert torch.allclose(runs[0][2], solo_a.latents, atol=1e-5)
     assert torch.allclose(runs[1][2], solo_b.latents, atol=1e-5)
 

@@ -10,7 +10,7 @@ import torch
 
 import flashu
 from flashu.accel.calibration import calibrate, default_pairs, default_prompts
-from flashu.analysis import (
+from flashu.observe.analysis import (
     SpecializationProbe, loo_scores, markdown, overlap, plot_specialization, specialization, task_forwards,
 )
 from flashu.errors import FlashuError

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import flashu
-from flashu.bench import SCHEMA, SCHEMA_VERSION, TaskInputs, markdown, parse_config, plot, run_benchmark
+from flashu.observe.bench import SCHEMA, SCHEMA_VERSION, TaskInputs, markdown, parse_config, plot, run_benchmark
 from flashu.errors import ConfigError
 
 

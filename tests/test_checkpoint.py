@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from flashu.checkpoint import (
+from flashu.io.checkpoint import (
     EMBED_KEY, LM_HEAD_KEY, load_into, read_state_dict, resolve_checkpoint_dir, write_official_bin,
     write_official_sharded_bin, write_safetensors,
 )

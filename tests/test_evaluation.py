@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import flashu
-from flashu import distributed
+from flashu.observe import distributed
 from flashu.errors import FlashuError
-from flashu.evaluation import (
+from flashu.observe.evaluation import (
     config_dir_name, eval_mmu, eval_t2i, read_mmu_data, read_t2i_prompts, split_configs,
 )
 from flashu.testbed.world import write_understanding_set
@@ -219,8 +219,8 @@ SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import flashu
-    from flashu import distributed
-    from flashu.evaluation import eval_mmu, eval_t2i
+    from flashu.observe import distributed
+    from flashu.observe.evaluation import eval_mmu, eval_t2i
 
     out, prompts, data = sys.argv[1:4]
     shard = distributed.init()

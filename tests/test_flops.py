@@ -10,7 +10,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from flashu import flops as F
+from flashu.observe import flops as F
 from flashu.config import PRESET_NAMES, preset
 from flashu.errors import ConfigError
 from flashu.model import BASELINE, GenerationInputs, Showo2, omni_attention_mask
@@ -106,7 +106,7 @@ def test_vae_brief():
 def test_vae_flops_match_flop_counter(name):
     """The analytic walk equals what FlopCounterMode counts on our diffusers VAE (built on meta: no memory)."""
     pytest.importorskip("diffusers")
-    from flashu.vae import build_vae
+    from flashu.io.vae import build_vae
 
     cfg = preset(name)
     v, size, lat = cfg.vae, cfg.image_size, cfg.image_size // cfg.vae.spatial_factor

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from flashu.errors import FlashuError
-from flashu.images import load_image, preprocess_image, to_pil
+from flashu.io.images import load_image, preprocess_image, to_pil
 
 
 def saved(tmp_path, img: Image.Image, name: str = "img.png", **kwargs):

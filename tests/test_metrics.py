@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashu.metrics import exact_match, psnr, relative_l2, ssim, token_agreement
+from flashu.observe.metrics import exact_match, psnr, relative_l2, ssim, token_agreement
 
 
 def test_psnr_known_values():

@@ -8,7 +8,7 @@ import torch
 from flashu.config import Showo2Config, preset
 from flashu.errors import ConfigError
 from flashu.model import ExecutionPlan, GenerationInputs, Showo2, omni_attention_mask, patchify_targets, unpatchify
-from flashu.sampling import num_evaluations, time_grid
+from flashu.pipelines.sampling import num_evaluations, time_grid
 
 
 @pytest.mark.parametrize("name, total", [("1.5b", 2.83e9), ("7b", 8.93e9)])

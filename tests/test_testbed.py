@@ -14,14 +14,14 @@ import torch
 import flashu
 from flashu.config import LOCAL_VOCAB_SIZE, FlowHeadConfig, LLMConfig, Showo2Config, VisionConfig, preset
 from flashu.errors import CheckpointError, ConfigError
-from flashu import loading
+from flashu.io import loading
 from flashu.model import omni_attention_mask
 from flashu.pipelines.mmu import build_understanding_inputs
 from flashu.pipelines.t2i import build_generation_inputs
 from flashu.testbed import train as T
 from flashu.testbed import world
 from flashu.testbed.evaluate import evaluate, format_reports
-from flashu.vae import IdentityVAE, LatentCodec, build_vae, load_vae, save_vae
+from flashu.io.vae import IdentityVAE, LatentCodec, build_vae, load_vae, save_vae
 
 
 def tiny_pixel_config() -> Showo2Config:

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from flashu.config import LOCAL_VOCAB_SIZE, preset
 from flashu.errors import CheckpointError
-from flashu.tokenizer import (
+from flashu.io.tokenizer import (
     QWEN_ADDED_TOKENS,
     SpecialTokens,
     build_local_tokenizer,

@@ -10,7 +10,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from flashu.config import VAEConfig, preset
 from flashu.errors import CheckpointError
-from flashu.vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
+from flashu.io.vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
 
 # Same topology as the real Wan2.1 VAE (dim_mult [1,2,4,4], 2 res blocks, temporal down [F,T,T]), tiny widths:
 # diffusers' converter hard-codes that decoder layout, so only this topology converts.

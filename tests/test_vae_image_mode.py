@@ -8,8 +8,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, Wa
 from torch.utils.flop_counter import FlopCounterMode
 
 from flashu.config import VAEConfig, preset
-from flashu.vae import LatentCodec, build_vae, seed_random_vae
-from flashu.vae_image_mode import ImageModeCausalConv3d, from_image_mode, is_image_mode, to_image_mode
+from flashu.io.vae import LatentCodec, build_vae, seed_random_vae
+from flashu.io.vae_image_mode import ImageModeCausalConv3d, from_image_mode, is_image_mode, to_image_mode
 
 # Wan2.1's exact layout (dim_mult [1,2,4,4], 2 res blocks, temporal downsample [F,T,T]) at small widths.
 WAN_LAYOUT = VAEConfig(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2,

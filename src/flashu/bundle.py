@@ -8,8 +8,8 @@ import torch
 
 from .config import Showo2Config
 from .model import Showo2
-from .tokenizer import SpecialTokens
-from .vae import LatentCodec
+from .io.tokenizer import SpecialTokens
+from .io.vae import LatentCodec
 
 
 @dataclass

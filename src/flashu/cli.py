@@ -104,7 +104,7 @@ def _apply_acceleration(bundle, accel: str, accel_config: Path | None, scores_fi
 def generate(model, prompts, steps, guidance, seed, size, out, progress, accel, accel_config, scores_files,
              device, dtype):
     """Generate images from text prompts."""
-    from .loading import load_model
+    from .io.loading import load_model
     from .pipelines.t2i import generate as run, validate_prompts
 
     validate_prompts(list(prompts))
@@ -157,8 +157,8 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 @dtype_option
 def ask(model, image, question, max_new_tokens, accel, accel_config, scores_files, device, dtype):
     """Answer a question about an image."""
-    from .images import load_image
-    from .loading import load_model
+    from .io.images import load_image
+    from .io.loading import load_model
     from .pipelines.mmu import answer
 
     if not question.strip():
@@ -194,7 +194,7 @@ def ask(model, image, question, max_new_tokens, accel, accel_config, scores_file
 def calibrate(model, task, prompts_file, pairs_file, samples, out, device, dtype):
     """Compute task-specific Wanda importance scores for FlashU pruning."""
     from .accel.calibration import calibrate as run, read_pairs, read_prompts
-    from .loading import load_model
+    from .io.loading import load_model
 
     if samples <= 0:
         raise FlashuError(f"--samples must be positive, got {samples}")
@@ -224,12 +224,12 @@ def accel_presets():
 def info(model, steps, question_tokens, as_json):
     """Parameters and FLOPs per component, per denoising step and per understanding query."""
     from .config import PRESET_NAMES, load_config_file, preset
-    from .flops import model_report, render_report
+    from .observe.flops import model_report, render_report
 
     if model.lower() in PRESET_NAMES:
         cfg = preset(model)
     else:
-        from .checkpoint import resolve_checkpoint_dir
+        from .io.checkpoint import resolve_checkpoint_dir
 
         directory = resolve_checkpoint_dir(model)
         if not (directory / "config.json").is_file():
@@ -268,9 +268,9 @@ def info(model, steps, question_tokens, as_json):
 def bench(model, task, configs, repeats, steps, guidance, prompts, images, questions, max_new_tokens,
           calibration_samples, instrument, json_out, plot_out, progress, device, dtype):
     """Speed, FLOPs, memory and fidelity of configurations side by side (interleaved, median of repeats)."""
-    from .bench import TaskInputs, markdown, parse_config, plot, run_benchmark, split_configs
-    from .images import load_image
-    from .loading import load_model
+    from .observe.bench import TaskInputs, markdown, parse_config, plot, run_benchmark, split_configs
+    from .io.images import load_image
+    from .io.loading import load_model
 
     tasks = ["t2i", "mmu"] if task == "both" else [task]
     specs = split_configs(configs)
@@ -341,8 +341,8 @@ def eval_testbed(model, accels, n_gen, n_mmu, split, steps, guidance, seed, batc
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def demo(model, configs, n_gen, n_mmu, out, progress):
     """Baseline vs FlashU on the trained shapes-world testbed, offline: accuracy, speed and an image grid."""
-    from .bench import split_configs
-    from .demo import run_demo
+    from .observe.bench import split_configs
+    from .testbed.demo import run_demo
 
     result = run_demo(model, split_configs(configs), n_gen=n_gen, n_mmu=n_mmu, out=out, progress=progress)
     click.echo(result["table"])
@@ -368,9 +368,9 @@ def demo(model, configs, n_gen, n_mmu, out, progress):
 def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, seed, samples_per_prompt, limit,
                      progress, device, dtype):
     """Write images per configuration in the layout external scorers expect (resumable; torchrun-shardable)."""
-    from . import distributed
-    from .evaluation import eval_t2i, read_t2i_prompts
-    from .loading import load_model
+    from .observe import distributed
+    from .observe.evaluation import eval_t2i, read_t2i_prompts
+    from .io.loading import load_model
 
     read_t2i_prompts(prompts_source)  # fail on a bad prompt file before loading anything
     shard = distributed.init()
@@ -398,9 +398,9 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
 @dtype_option
 def eval_mmu_command(model, data_jsonl, configs, out_dir, max_new_tokens, limit, progress, device, dtype):
     """Answer accuracy per configuration (resumable; torchrun-shardable)."""
-    from . import distributed
-    from .evaluation import eval_mmu, read_mmu_data
-    from .loading import load_model
+    from .observe import distributed
+    from .observe.evaluation import eval_mmu, read_mmu_data
+    from .io.loading import load_model
 
     read_mmu_data(data_jsonl)
     shard = distributed.init()
@@ -431,8 +431,8 @@ def analyze_group():
 @dtype_option
 def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_out, progress, device, dtype):
     """Per-layer FFN neuron importance per task, top-k overlap (paper Figure 1), cos-similarity profiles."""
-    from .analysis import markdown, plot_specialization, specialization
-    from .loading import load_model
+    from .observe.analysis import markdown, plot_specialization, specialization
+    from .io.loading import load_model
 
     if samples <= 0:
         raise FlashuError(f"--samples must be positive, got {samples}")

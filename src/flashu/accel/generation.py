@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import ExecutionPlan, GenerationInputs, GenerationOutput, Probe
-from ..sampling import time_grid
+from ..pipelines.sampling import time_grid
 from .config import GenerationAccelConfig
 from ..pipelines.t2i import DenoisingSchedule
 

@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
-from ..images import load_image, preprocess_image
+from ..io.images import load_image, preprocess_image
 from ..model import BASELINE, BackboneOutput, ExecutionPlan, KVCache, omni_attention_mask
 
 SYSTEM_PREFIX = "system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
-from ..images import to_pil
+from ..io.images import to_pil
 from ..model import BASELINE, ExecutionPlan, GenerationInputs, GenerationOutput, omni_attention_mask
-from ..sampling import euler_update, guided, time_grid
+from .sampling import euler_update, guided, time_grid
 
 
 @dataclass

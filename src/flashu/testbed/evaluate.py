@@ -51,7 +51,7 @@ def load_testbed(model: str = "testbed", device: str = "cpu") -> Showo2Bundle:
         bundle.model.eval()
         bundle.source = str(ckpt)
         return bundle
-    from ..loading import load_model
+    from ..io.loading import load_model
 
     return load_model(model, device=device, dtype="float32")
 

@@ -59,8 +59,8 @@ from ..model.layers import RMSNorm
 from ..model.showo2 import GenerationInputs, additive_mask
 from ..pipelines.mmu import ASSISTANT_SUFFIX, SYSTEM_PREFIX
 from ..pipelines.t2i import build_generation_inputs
-from ..tokenizer import SpecialTokens, build_local_tokenizer
-from ..vae import LatentCodec, build_vae
+from ..io.tokenizer import SpecialTokens, build_local_tokenizer
+from ..io.vae import LatentCodec, build_vae
 from . import world
 
 SHIPPED_COMMANDS = (
@@ -474,7 +474,7 @@ def export(bundle: Showo2Bundle, directory: str | Path, *, dtype: torch.dtype = 
            train_info: dict | None = None) -> Path:
     """Write the model with :func:`flashu.save_pretrained` (weights stored as ``dtype``; ``load_model`` casts them
     back to fp32 on the CPU), ``training.json`` and ``reference.json`` (outputs of the *saved* checkpoint)."""
-    from ..loading import load_model, save_pretrained
+    from ..io.loading import load_model, save_pretrained
 
     directory = Path(directory)
     model = bundle.model

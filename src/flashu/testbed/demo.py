@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import FlashuError
+from ..errors import FlashuError
 
 DEFAULT_CONFIGS = ("none", "paper", "plus")
 
 
 def run_demo(model: str = "testbed", configs=DEFAULT_CONFIGS, *, n_gen: int = 8, n_mmu: int = 24,
              out: str | Path = "flashu-demo.png", calibration_samples: int = 10, progress: bool = True) -> dict:
-    from .testbed.evaluate import evaluate_many, format_reports, load_testbed, resolve_accel
+    from .evaluate import evaluate_many, format_reports, load_testbed, resolve_accel
 
     if n_gen <= 0 or n_mmu < 0:
         raise FlashuError("the demo needs at least one image (n_gen > 0) and n_mmu >= 0")
@@ -25,7 +25,7 @@ def run_demo(model: str = "testbed", configs=DEFAULT_CONFIGS, *, n_gen: int = 8,
     bundle = load_testbed(model)
     reports = evaluate_many(bundle, list(configs), n_gen=n_gen, n_mmu=n_mmu, keep_images=True,
                             calibration_samples=calibration_samples, progress=progress)
-    from .testbed import world
+    from . import world
 
     captions = world.prompts("test", n_gen)
     path = save_grid(reports, captions, out)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError, FlashuError
+from ..errors import ConfigError, FlashuError
 
 _WHITE = (255, 255, 255, 255)
 

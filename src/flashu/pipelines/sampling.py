@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 TIME_SHIFT = 3.0
 

@@ -26,7 +26,7 @@ image paths are relative to the file), answered greedily; a prediction is correc
 :func:`flashu.testbed.checker.normalise_answer` (lower case, punctuation dropped, digits spelled). Predictions go to
 ``out_dir/<config>/predictions.jsonl``; accuracy per configuration to the report.
 
-**Configurations** are :func:`flashu.bench.parse_config` names (``none``, ``exact``, presets, presets with
+**Configurations** are :func:`flashu.observe.bench.parse_config` names (``none``, ``exact``, presets, presets with
 overrides). FlashU importance scores are calibrated once per task (rank 0, cached in
 ``out_dir/.flashu/scores-<task>-<samples>.safetensors``) and shared by every configuration and rank.
 
@@ -36,7 +36,7 @@ predictions are appended a line at a time, so an interrupted run loses at most t
 of a configuration's directory (model, prompts/data, steps, guidance, seed, samples, image size…) are recorded in
 ``out_dir/.flashu/<task>/<config>/run.json``; resuming with other settings is refused.
 
-**Sharding** (:mod:`flashu.distributed`): under ``torchrun``/``accelerate launch`` each rank takes every
+**Sharding** (:mod:`flashu.observe.distributed`): under ``torchrun``/``accelerate launch`` each rank takes every
 ``world_size``-th item, writes its partial results (``out_dir/.flashu/<task>/<config>/…-rank<r>…``), and after a barrier
 rank 0 merges them into the report, ``out_dir/eval_t2i.json`` / ``out_dir/eval_mmu.json`` (schema
 ``flashu-eval`` v1), which every rank returns. One process needs no launcher.
@@ -60,11 +60,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import distributed
-from .accel.api import restore
-from .accel.importance import ImportanceScores
+from ..accel.api import restore
+from ..accel.importance import ImportanceScores
 from .bench import ConfigRunner, TaskInputs, parse_config, split_configs
-from .bundle import Showo2Bundle
-from .errors import FlashuError
+from ..bundle import Showo2Bundle
+from ..errors import FlashuError
 
 SCHEMA = "flashu-eval"
 SCHEMA_VERSION = 1
@@ -101,7 +101,7 @@ def detect_format(source: str | Path) -> str:
 
 def read_t2i_prompts(source: str | Path | Sequence[str], fmt: str = "auto") -> tuple[str, list[PromptItem]]:
     """``(format, items)`` from a prompt source (see the module docstring)."""
-    from .accel.calibration import read_prompts
+    from ..accel.calibration import read_prompts
 
     if not isinstance(source, (str, Path)):
         prompts = [str(p).strip() for p in source]
@@ -356,7 +356,7 @@ def _shared_scores(bundle: Showo2Bundle, task: str, configs: dict, scores: dict 
             except FlashuError:
                 cached = None
         if cached is None:
-            from .accel.calibration import calibrate
+            from ..accel.calibration import calibrate
 
             cached = calibrate(bundle, task, samples=samples, progress=progress)
             cached.save(path)
@@ -404,14 +404,14 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
     size = cfg.image_size if image_size is None else int(image_size)
     cfg.grid_for(size)
     parsed, dirs, out, shard = _prepare(bundle, "t2i", configs, out_dir, shard)
-    from .accel.importance import model_fingerprint
+    from ..accel.importance import model_fingerprint
 
     common = {"task": "t2i", "model": model_fingerprint(bundle.model), "format": fmt, "steps": steps,
               "guidance": guidance, "seed": seed, "samples_per_prompt": samples, "image_size": size,
               "items": _digest([[it.id, it.prompt, it.metadata] for it in items])}
     scores = _start_runs(bundle, "t2i", parsed, dirs, out, common, scores, calibration_samples, shard, progress)
 
-    from .pipelines.t2i import generate
+    from ..pipelines.t2i import generate
 
     mine = shard.take(items)
     for spec, config in parsed.items():
@@ -502,9 +502,9 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
     """Answer every question of ``data_jsonl`` under every configuration; accuracy per configuration (exact match
     after normalisation). Predictions in ``out_dir/<config>/predictions.jsonl``; report ``out_dir/eval_mmu.json``
     (returned on every rank). Resumable and sharded like :func:`eval_t2i`."""
-    from .accel.importance import model_fingerprint
-    from .pipelines.mmu import answer
-    from .testbed.checker import score_answer
+    from ..accel.importance import model_fingerprint
+    from ..pipelines.mmu import answer
+    from ..testbed.checker import score_answer
 
     items = read_mmu_data(data_jsonl)
     items = items[:limit] if limit is not None else items

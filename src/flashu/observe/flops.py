@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Showo2Config
+from ..config import Showo2Config
 
 GENERATION_SUFFIX = 4  # [eoi] [eos] ... in the official T2I layout: max_seq_len = max_text_len + block + 4
 UNDERSTANDING_PREFIX = 15  # system prompt + "user\n" + <|vision_start|> before the time token (§2.2)

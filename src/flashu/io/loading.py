@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .bundle import Showo2Bundle
+from ..bundle import Showo2Bundle
 from .checkpoint import load_into, read_state_dict, resolve_checkpoint_dir, write_safetensors
-from .config import PRESET_NAMES, Showo2Config, load_config_file, preset
-from .errors import CheckpointError, FlashuError
-from .model import Showo2
+from ..config import PRESET_NAMES, Showo2Config, load_config_file, preset
+from ..errors import CheckpointError, FlashuError
+from ..model import Showo2
 from .tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
 from .vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
 

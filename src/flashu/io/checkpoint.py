@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 LM_HEAD_KEY = "showo.lm_head.weight"
 EMBED_KEY = "showo.model.embed_tokens.weight"
@@ -53,7 +53,7 @@ def resolve_checkpoint_dir(name_or_path: str) -> Path:
     if path.exists():
         raise CheckpointError(f"{name_or_path} is a file; pass the model directory that holds it")
     if not _looks_like_hub_id(name_or_path):
-        from .config import PRESET_NAMES
+        from ..config import PRESET_NAMES
 
         raise CheckpointError(f"no such model directory: {name_or_path} (presets are {', '.join(PRESET_NAMES)}; "
                               "hub ids look like owner/name)")

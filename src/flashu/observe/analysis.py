@@ -36,14 +36,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .accel.calibration import CALIBRATION_STEPS, ProbePolicy, ProbeSession, default_pairs, default_prompts
-from .accel.generation import LayerSimilarityProbe, image_block_mask
-from .accel.importance import ActivationNormProbe, scores_from_norms
-from .accel.pruning import top_set
-from .accel.understanding import LastTokenSimilarityProbe
-from .bundle import Showo2Bundle
-from .errors import FlashuError
-from .model import BASELINE, Probe
+from ..accel.calibration import CALIBRATION_STEPS, ProbePolicy, ProbeSession, default_pairs, default_prompts
+from ..accel.generation import LayerSimilarityProbe, image_block_mask
+from ..accel.importance import ActivationNormProbe, scores_from_norms
+from ..accel.pruning import top_set
+from ..accel.understanding import LastTokenSimilarityProbe
+from ..bundle import Showo2Bundle
+from ..errors import FlashuError
+from ..model import BASELINE, Probe
 
 SCHEMA = "flashu-specialization"
 SCHEMA_VERSION = 1
@@ -98,8 +98,8 @@ def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe
     decode) exactly like calibration. ``mmu``: ``items`` are (image, question) pairs; each runs the understanding
     prefill (no decoding).
     """
-    from .pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
-    from .pipelines.t2i import generate
+    from ..pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
+    from ..pipelines.t2i import generate
 
     if task == "t2i":
         for prompt in tqdm(items, desc="analysis t2i", unit="prompt", disable=not progress):

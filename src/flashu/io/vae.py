@@ -22,8 +22,8 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from torch.nn.functional import pixel_shuffle, pixel_unshuffle
 
 from .vae_image_mode import to_image_mode
-from .config import VAEConfig
-from .errors import CheckpointError
+from ..config import VAEConfig
+from ..errors import CheckpointError
 
 WAN_PTH = "Wan2.1_VAE.pth"
 VAE_SAFETENSORS = "vae.safetensors"

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence, TypeVar
 
 import torch
 
-from .errors import FlashuError
+from ..errors import FlashuError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 24 * 3600

@@ -24,10 +24,10 @@ from typing import Callable
 
 import torch
 
-from .accel.api import accelerate, restore
-from .accel.config import FlashUConfig, accel_preset
-from .bundle import Showo2Bundle
-from .errors import ConfigError, FlashuError
+from ..accel.api import accelerate, restore
+from ..accel.config import FlashUConfig, accel_preset
+from ..bundle import Showo2Bundle
+from ..errors import ConfigError, FlashuError
 from .metrics import exact_match, psnr, relative_l2, ssim, token_agreement
 
 SCHEMA = "flashu-bench"
@@ -170,7 +170,7 @@ class TaskInputs:
 
 
 def default_images(bundle: Showo2Bundle, count: int) -> list:
-    from .testbed.world import iter_split
+    from ..testbed.world import iter_split
 
     size = bundle.config.image_size
     return [ex.image.resize((size, size)) for ex in iter_split("test", count)]
@@ -186,8 +186,8 @@ class ConfigRunner:
 
     def apply(self, config):
         """Apply ``config`` to the bundle; returns (explicit policy or None, whether accelerate() was applied)."""
-        from .pipelines.mmu import BaselineUnderstanding
-        from .pipelines.t2i import BaselinePolicy
+        from ..pipelines.mmu import BaselineUnderstanding
+        from ..pipelines.t2i import BaselinePolicy
 
         if config == "none":
             return (BaselinePolicy() if self.task == "t2i" else BaselineUnderstanding()), False
@@ -195,7 +195,7 @@ class ConfigRunner:
             return (BaselinePolicy(exact=True) if self.task == "t2i" else BaselineUnderstanding()), False
         needs = config.needs_generation_scores if self.task == "t2i" else config.needs_understanding_scores
         if needs and self.task not in self.scores:
-            from .accel.calibration import calibrate
+            from ..accel.calibration import calibrate
 
             self.scores[self.task] = calibrate(self.bundle, self.task, samples=self.calibration_samples,
                                                progress=self.progress)
@@ -211,8 +211,8 @@ class ConfigRunner:
                 restore(self.bundle)
 
     def _once(self, policy):
-        from .pipelines.mmu import answer
-        from .pipelines.t2i import generate
+        from ..pipelines.mmu import answer
+        from ..pipelines.t2i import generate
 
         i = self.inputs
         t0 = time.perf_counter()

@@ -14,8 +14,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from .config import Showo2Config
-from .errors import CheckpointError
+from ..config import Showo2Config
+from ..errors import CheckpointError
 
 # Qwen2.5's added tokens in id order (151643…151664), with whether each is "special" (skipped when decoding).
 QWEN_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
