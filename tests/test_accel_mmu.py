@@ -18,7 +18,7 @@ from flashu.accel.understanding import (
 from flashu.errors import ConfigError
 from flashu.model import BASELINE, ExecutionPlan, KVCache, Probe, omni_attention_mask
 from flashu.model.layers import rms_norm
-from flashu.pipelines.mmu import BaselineUnderstanding, answer, build_understanding_inputs, prefill_embeddings
+from flashu.pipelines.mmu import BaselineUnderstanding, answer, build_understanding_inputs
 
 QUESTION = "what is left of the square?"
 NONE = dict(prune_ratio=0.0, layer_skip_ratio=0.0, token_prune_ratio=0.0)
@@ -49,9 +49,9 @@ def run_manual(bundle, policy, image, question=QUESTION, tokens=6):
     inputs = build_understanding_inputs(bundle, image, question)
     session = policy.start(bundle, inputs)
     model = bundle.model
-    embeds = prefill_embeddings(bundle, inputs)
+    embeds = bundle.model.understanding_embeddings(inputs)
     L = embeds.shape[1]
-    mask = omni_attention_mask(L, torch.tensor([inputs.block_offset]), inputs.block_len, bundle.dtype)
+    mask = omni_attention_mask(L, torch.tensor([inputs.attention_block[0]]), inputs.attention_block[1], bundle.dtype)
     cache = KVCache(bundle.config.llm.num_layers)
     plan = session.prefill_plan()
     out = model.run_backbone(embeds, torch.arange(L)[None], mask, plan, cache)
@@ -94,7 +94,7 @@ def test_vnorm_keeps_text_and_time_token_and_drops_largest_norms(bundle, image, 
     rec = run_manual(bundle, policy, image, tokens=1)
     inputs, selector = rec["inputs"], rec["session"].selector
     L = inputs.input_ids.shape[1]
-    start, n = inputs.block_offset + 1, inputs.block_len - 1
+    start, n = inputs.image_start, inputs.image_count
     drop = int(ratio * n)
     kept = selector.kept[0].tolist()
     assert len(kept) == L - drop == rec["prefill"].hidden.shape[1]
@@ -102,7 +102,7 @@ def test_vnorm_keeps_text_and_time_token_and_drops_largest_norms(bundle, image, 
     assert rec["prefill"].positions[0].tolist() == kept  # original positions survive (RoPE)
     text_and_time = [p for p in range(L) if not start <= p < start + n]
     assert set(text_and_time) <= set(kept)  # every text token and the time token (block_offset) kept
-    assert inputs.block_offset in kept
+    assert inputs.time_offset in kept
     with torch.no_grad():
         norms = manual_value_norms(bundle, rec, layer)[start:start + n]
     expected_dropped = set((torch.argsort(norms, descending=True, stable=True)[:drop] + start).tolist())
@@ -175,7 +175,7 @@ def test_decoding_after_pruning_keeps_positions_right(bundle, image):
     with torch.no_grad():
         e = torch.cat([rec["embeds"], bundle.model.showo.model.embed_tokens(torch.tensor([[token0]]))], dim=1)
         L = e.shape[1]
-        mask = omni_attention_mask(L, torch.tensor([rec["inputs"].block_offset]), rec["inputs"].block_len,
+        mask = omni_attention_mask(L, torch.tensor([rec["inputs"].attention_block[0]]), rec["inputs"].attention_block[1],
                                    bundle.dtype)
         session = policy.start(bundle, rec["inputs"])
         out = bundle.model.run_backbone(e, torch.arange(L)[None], mask, session.prefill_plan())
@@ -206,9 +206,9 @@ def test_a_skipped_layer_fills_exactly_the_keys_values_it_would_have_made(bundle
     model, nl = bundle.model, bundle.config.llm.num_layers
     inputs = build_understanding_inputs(bundle, image, QUESTION)
     with torch.no_grad():
-        embeds = prefill_embeddings(bundle, inputs)
+        embeds = bundle.model.understanding_embeddings(inputs)
         L = embeds.shape[1]
-        mask = omni_attention_mask(L, torch.tensor([inputs.block_offset]), inputs.block_len, bundle.dtype)
+        mask = omni_attention_mask(L, torch.tensor([inputs.attention_block[0]]), inputs.attention_block[1], bundle.dtype)
         skipped = 1
         full_cache, filled_cache, plain_cache = KVCache(nl), KVCache(nl), KVCache(nl)
         rec = Recorder()

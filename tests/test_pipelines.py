@@ -70,8 +70,9 @@ def test_understanding_prompt_layout(tiny_bundle, sample_image):
     sp = tiny_bundle.special
     inputs = build_understanding_inputs(tiny_bundle, str(sample_image), "what color?")
     ids = inputs.input_ids[0].tolist()
-    off = inputs.block_offset
+    off = inputs.time_offset
     assert ids[0] == sp.bos and ids[off - 1] == sp.boi and ids[off + inputs.block_len] == sp.eoi
+    assert inputs.attention_block == (off + 1, inputs.block_len)  # official: image tokens + <|vision_end|>
     assert ids[off: off + inputs.block_len] == [sp.img_pad] * inputs.block_len
     assert sp.eos in ids[:off]  # the system turn is closed
     assert ids[-len(tiny_bundle.encode_text("\n<|im_start|>assistant\n")):] == \

@@ -4,6 +4,7 @@ evaluate() on a couple of items."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -201,12 +202,10 @@ def test_packed_understanding_rows_match_official_sequences(tiny_pixel):
                 assert packed.targets[row, seg].tolist() == answer
                 ids = torch.cat([inputs.input_ids, torch.tensor([answer])], 1)
                 L = ids.shape[1]
-                c = model.time_conditioning(torch.ones(1))
-                offsets = torch.tensor([inputs.block_offset])
-                embeds = model.place_image_block(model.showo.model.embed_tokens(ids), offsets, model.time_token(c),
-                                                 model.image_tokens(inputs.latents))
+                embeds = model.understanding_embeddings(dataclasses.replace(inputs, input_ids=ids))
+                start, length = inputs.attention_block
                 out = model.run_backbone(embeds, torch.arange(L)[None],
-                                         omni_attention_mask(L, offsets, inputs.block_len, torch.float32))
+                                         omni_attention_mask(L, torch.tensor([start]), length, torch.float32))
                 ref = model.showo.lm_head(out.hidden)[0, L - len(answer) - 1:L - 1]
                 torch.testing.assert_close(logits[row, seg], ref, rtol=1e-4, atol=1e-4)
 

@@ -16,7 +16,7 @@ from .io.vae import LatentCodec
 class Showo2Bundle:
     model: Showo2
     tokenizer: object  # a transformers tokenizer
-    codec: LatentCodec
+    codec: LatentCodec | None  # None: loaded without a VAE (latents in, latents out)
     special: SpecialTokens
     source: str  # preset name, directory or hub id it came from
     acceleration: object | None = None  # set by flashu.accelerate (model-level, never per-request state)
@@ -33,8 +33,21 @@ class Showo2Bundle:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    def require_codec(self) -> LatentCodec:
+        if self.codec is None:
+            from .errors import FlashuError
+
+            raise FlashuError("this model was loaded without a VAE (vae='none'): generate with decode=False, answer "
+                              "with latents=, or load it with a VAE")
+        return self.codec
+
     def encode_text(self, text: str) -> list[int]:
+        """Template text: control tokens written in it (``<|im_end|>``…) are the control tokens."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_user_text(self, text: str) -> list[int]:
+        """User text (prompts, questions): control tokens typed in it are plain text, never control tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -135,6 +135,9 @@ class Showo2Config:
     clip_pretrained_model_path: str = "google/siglip-so400m-patch14-384"
     default_steps: int = 50
     default_guidance: float = 5.0
+    # understanding: which positions form the bidirectional block (``model.UnderstandingInputs``): "official"
+    # (inference_mmu.py: image tokens + <|vision_end|>) or "training" (mmu_dataset.py: time token + image tokens)
+    understanding_layout: str = "official"
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -179,6 +182,8 @@ class Showo2Config:
              "vae.latents_mean/std need vae.z_dim entries"),
             (self.max_text_len > 0, "max_text_len must be positive"),
             (self.tokenizer in ("qwen2.5", "local-bytes"), "tokenizer must be 'qwen2.5' or 'local-bytes'"),
+            (self.understanding_layout in ("official", "training"),
+             f"understanding_layout must be 'official' or 'training', got {self.understanding_layout!r}"),
             (self.vae.kind in VAE_KINDS, f"vae.kind must be one of {VAE_KINDS}, got {self.vae.kind!r}"),
             (self.vae.kind != "identity" or (self.vae.z_dim == 3 * self.vae.space_to_depth ** 2
                                              and set(self.vae.latents_mean) == {0.0}
@@ -354,6 +359,7 @@ def _testbed() -> Showo2Config:
         vae=identity_vae(space_to_depth=4),
         patch_size=1, image_size=32, max_text_len=48, tokenizer="local-bytes",
         llm_model_path="", clip_pretrained_model_path="", default_steps=20, default_guidance=3.0,
+        understanding_layout="training",  # the layout this checkpoint was trained with
     )
 
 

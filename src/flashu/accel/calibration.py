@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..model import BASELINE, Probe, ProbeGroup
-from ..pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
+from ..pipelines.mmu import build_understanding_inputs
 from ..pipelines.t2i import BaselineSession, generate
 from .importance import ActivationNormProbe, ImportanceScores, check_task, scores_from_norms
 from .understanding import LastTokenSimilarityProbe
@@ -117,7 +117,7 @@ def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: li
             inputs = build_understanding_inputs(bundle, image, question)
             last_token = LastTokenSimilarityProbe()
             plan = BASELINE.with_(probe=ProbeGroup(probe, last_token))
-            prefill_backbone(bundle, inputs, prefill_embeddings(bundle, inputs), plan)
+            bundle.model.forward_understanding(inputs, plan)
             similarity += torch.tensor([last_token.similarity[i] for i in range(len(similarity))],
                                        dtype=torch.float64)
     scores = scores_from_norms(bundle.model, probe, task, len(items))

@@ -257,8 +257,8 @@ class FlashUUnderstandingSession:
         if cfg.token_prune_ratio > 0 and cfg.token_prune_layer >= self.num_layers:
             raise ConfigError(f"understanding.token_prune_layer {cfg.token_prune_layer} must be below the number "
                               f"of decoder layers ({self.num_layers})")
-        self.image_start = inputs.block_offset + 1
-        self.image_count = inputs.block_len - 1
+        self.image_start = inputs.image_start
+        self.image_count = inputs.image_count
         self.selector = make_selector(cfg, self.image_start, self.image_count) if cfg.token_prune_ratio > 0 \
             else None
         self.skip_count = math.floor(cfg.layer_skip_ratio * self.num_layers)
@@ -337,9 +337,10 @@ class FlashUUnderstandingSession:
         keep = pos[(pos < self.image_start) | (pos >= self.image_start + self.image_count)]
         embeds = model.showo.model.embed_tokens(ids[:, keep])
         c = model.time_conditioning(torch.ones(1, device=device))
-        embeds[:, inputs.block_offset] = model.time_token(c).to(embeds.dtype)  # time token (before the image)
-        offsets = torch.tensor([inputs.block_offset], device=device)
-        mask = omni_attention_mask(L, offsets, inputs.block_len, model.dtype)[:, :, keep][:, :, :, keep]
+        embeds[:, inputs.time_offset] = model.time_token(c).to(embeds.dtype)  # time token (before the image)
+        start, length = inputs.attention_block
+        offsets = torch.tensor([start], device=device)
+        mask = omni_attention_mask(L, offsets, length, model.dtype)[:, :, keep][:, :, :, keep]
         probe = LastTokenSimilarityProbe()
         model.run_backbone(embeds, keep[None], mask, ExecutionPlan(ffn_ranges=self.ffn_ranges, probe=probe))
         return probe.similarity

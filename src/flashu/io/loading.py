@@ -46,7 +46,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-               seed: int = 0) -> Showo2Bundle:
+               seed: int = 0, tokenizer: str | Path | None = None, vae: str | Path | None = None) -> Showo2Bundle:
     """Load Show-o2: a preset name (random weights, seeded), a local directory, or a hub id.
 
     Directories may hold the official layout (``config.json`` + ``pytorch_model.bin``, sharded ``.bin`` with an
@@ -55,6 +55,9 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
 
     ``"testbed"`` is the trained shapes-world model shipped inside the package (:func:`testbed_dir`), not random
     weights; ``preset("testbed")`` alone is its architecture.
+
+    ``tokenizer``/``vae``: directories to read the tokenizer files / the VAE weights from instead of the checkpoint
+    directory; ``vae="none"`` loads no VAE (generation then returns latents only, understanding takes latents).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -76,16 +79,19 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
         raise CheckpointError(f"{directory} has no config.json; it is not a Show-o2 checkpoint directory")
     config = load_config_file(config_file)
     state = read_state_dict(directory)
-    tokenizer = load_tokenizer(config, directory)
-    special = SpecialTokens.from_tokenizer(tokenizer)
-    vae = load_vae(directory, config.vae)
+    tok = load_tokenizer(config, Path(tokenizer) if tokenizer is not None else directory)
+    special = SpecialTokens.from_tokenizer(tok)
+    codec = None
+    if str(vae).lower() != "none":
+        codec = LatentCodec(load_vae(Path(vae) if vae is not None else directory, config.vae))
     with torch.device("meta"):
         model = Showo2(config)
     load_into(model, state, tied_lm_head=config.llm.tie_word_embeddings)
     del state
     model = model.to(device=dev, dtype=dt).eval()
-    return Showo2Bundle(model=model, tokenizer=tokenizer, codec=LatentCodec(vae.to(dev)), special=special,
-                        source=str(name_or_path))
+    if codec is not None:
+        codec.vae.to(dev)
+    return Showo2Bundle(model=model, tokenizer=tok, codec=codec, special=special, source=str(name_or_path))
 
 
 TESTBED = "testbed"

@@ -1,11 +1,11 @@
 from .plan import BASELINE, ExecutionPlan, Probe, ProbeGroup, TokenSelector
 from .showo2 import (
-    BackboneOutput, GenerationInputs, GenerationOutput, KVCache, Showo2, omni_attention_mask, patchify_targets,
-    unpatchify,
+    UNDERSTANDING_LAYOUTS, BackboneOutput, GenerationInputs, GenerationOutput, KVCache, Showo2, UnderstandingInputs,
+    omni_attention_mask, patchify_targets, unpatchify,
 )
 
 __all__ = [
     "BASELINE", "BackboneOutput", "ExecutionPlan", "GenerationInputs", "GenerationOutput", "KVCache", "Probe",
-    "ProbeGroup",
-    "Showo2", "TokenSelector", "omni_attention_mask", "patchify_targets", "unpatchify",
+    "ProbeGroup", "Showo2", "TokenSelector", "UNDERSTANDING_LAYOUTS", "UnderstandingInputs", "omni_attention_mask",
+    "patchify_targets", "unpatchify",
 ]

@@ -78,6 +78,46 @@ class GenerationInputs:
         return int(self.block_offsets.max()) + self.block_len
 
 
+UNDERSTANDING_LAYOUTS = ("official", "training")
+
+
+@dataclass
+class UnderstandingInputs:
+    """Understanding rows (one image each): token ids with placeholders where the time token and the image tokens go.
+
+    ``layout`` says which positions form the bidirectional attention block (the rest is causal):
+
+    * ``"official"`` — the official ``inference_mmu.py``: the block starts at the first image token and spans
+      ``block_len`` positions, i.e. the image tokens and ``<|vision_end|>``; the time token is causal;
+    * ``"training"`` — the official training data (``datasets/mmu_dataset.py``): the block is the time token and
+      the image tokens.
+    """
+
+    input_ids: torch.Tensor  # [B, L]
+    time_offset: int  # index of the time token; the image tokens follow it
+    block_len: int  # 1 time token + image tokens
+    latents: torch.Tensor  # [B, C, h, w]
+    layout: str = "official"
+
+    def __post_init__(self) -> None:
+        if self.layout not in UNDERSTANDING_LAYOUTS:
+            raise ValueError(f"unknown understanding layout {self.layout!r}; use one of {UNDERSTANDING_LAYOUTS}")
+
+    @property
+    def image_start(self) -> int:
+        return self.time_offset + 1
+
+    @property
+    def image_count(self) -> int:
+        return self.block_len - 1
+
+    @property
+    def attention_block(self) -> tuple[int, int]:
+        """``(start, length)`` of the bidirectional block."""
+        start = self.time_offset + 1 if self.layout == "official" else self.time_offset
+        return start, self.block_len
+
+
 @dataclass
 class GenerationOutput:
     velocity: torch.Tensor  # [B, C, h, w] (unguided, per row)
@@ -187,9 +227,10 @@ class Showo2(nn.Module):
         g0 = self.config.vision.position_grid
         if grid == g0:
             return table
-        square = table.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
+        # in the weight dtype, as the official interpolate_pos_encoding
+        square = table.reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
         resized = F.interpolate(square, size=(grid, grid), mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(table.dtype)
+        return resized.permute(0, 2, 3, 1).reshape(grid * grid, -1)
 
     def semantic_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """The understanding branch: patch embed + position table + SigLIP layers (no post-LN)."""
@@ -266,9 +307,13 @@ class Showo2(nn.Module):
                 selected = True
                 x, x_in, q, k, v, cos, sin, positions, mask = _gather_positions(
                     keep, x, x_in, q, k, v, cos, sin, positions, mask)
+            layer_mask = mask
             if cache is not None:
+                past = cache.length(i)
                 k, v = cache.update(i, k, v)
-            o = attention(q, k, v, mask).transpose(1, 2).reshape(B, q.shape[2], -1)
+                if mask is None and q.shape[2] > 1:  # several new tokens: causal among them, all of the past
+                    layer_mask = _causal_after(past, q.shape[2], q.dtype, q.device)
+            o = attention(q, k, v, layer_mask).transpose(1, 2).reshape(B, q.shape[2], -1)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "o", o)
             x = x + F.linear(o, wo)
@@ -359,6 +404,43 @@ class Showo2(nn.Module):
         return GenerationOutput(velocity=velocity, head_features=features, backbone=backbone)
 
 
+    # ------------------------------------------------------------------ understanding
+    def understanding_embeddings(self, inputs: UnderstandingInputs) -> torch.Tensor:
+        """Token embeddings with the time token (t = 1, a clean image) and the fused image tokens in place."""
+        ids = inputs.input_ids
+        B = ids.shape[0]
+        c = self.time_conditioning(torch.ones(B, device=ids.device))
+        embeds = self.showo.model.embed_tokens(ids)
+        offsets = torch.full((B,), inputs.time_offset, dtype=torch.long, device=ids.device)
+        return self.place_image_block(embeds, offsets, self.time_token(c), self.image_tokens(inputs.latents))
+
+    def forward_understanding(self, inputs: UnderstandingInputs, plan: ExecutionPlan = BASELINE,
+                              cache: KVCache | None = None, *, positions: torch.Tensor | None = None,
+                              mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None
+                              ) -> BackboneOutput:
+        """The understanding prefill: the whole prompt through the backbone with the omni mask of
+        ``inputs.layout`` and positions ``0 … L − 1`` (``positions``/``mask`` override both, e.g. for packed
+        training rows; ``embeds``: :meth:`understanding_embeddings` computed beforehand). With ``cache`` the
+        keys/values are stored for decoding."""
+        if embeds is None:
+            embeds = self.understanding_embeddings(inputs)
+        B, L = embeds.shape[:2]
+        if mask is None:
+            start, length = inputs.attention_block
+            starts = torch.full((B,), start, dtype=torch.long, device=embeds.device)
+            mask = omni_attention_mask(L, starts, length, embeds.dtype)
+        if positions is None:
+            positions = torch.arange(L, device=embeds.device).expand(B, -1)
+        with record_function("flashu.llm"):
+            return self.run_backbone(embeds, positions, mask, plan, cache)
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, plan: ExecutionPlan,
+                    cache: KVCache) -> BackboneOutput:
+        """One KV-cached decoding step: ``tokens`` [B, n] at ``positions`` [B, n] attend to the cache and, causally,
+        to each other (``n`` > 1: several tokens at once, e.g. drafts being verified)."""
+        embeds = self.showo.model.embed_tokens(tokens)
+        return self.run_backbone(embeds, positions, None, plan, cache)
+
 def unpatchify(tokens: torch.Tensor, grid: int, patch: int, channels: int) -> torch.Tensor:
     """Show-o2's unpatchify: a plain reshape, *not* the DiT permute.
 
@@ -374,6 +456,12 @@ def patchify_targets(latents: torch.Tensor, patch: int) -> torch.Tensor:
     """Inverse of :func:`unpatchify` (the training-label layout): [B, C, h, w] → [B, N, patch²·C]."""
     B, C, H, W = latents.shape
     return latents.reshape(B, C, H * W).transpose(1, 2).reshape(B, (H * W) // (patch * patch), patch * patch * C)
+
+
+def _causal_after(past: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive mask [1, 1, n, past + n]: ``n`` new tokens see the whole past and, causally, each other."""
+    allowed = torch.ones(n, past + n, dtype=torch.bool, device=device).tril(past)
+    return additive_mask(allowed[None, None], dtype)
 
 
 def _keys_values(h, wk, bk, wv, bv, cos, sin, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,7 +98,7 @@ def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe
     decode) exactly like calibration. ``mmu``: ``items`` are (image, question) pairs; each runs the understanding
     prefill (no decoding).
     """
-    from ..pipelines.mmu import build_understanding_inputs, prefill_backbone, prefill_embeddings
+    from ..pipelines.mmu import build_understanding_inputs
     from ..pipelines.t2i import generate
 
     if task == "t2i":
@@ -115,7 +115,7 @@ def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe
             if isinstance(probe, SpecializationProbe):
                 probe.begin(LastTokenSimilarityProbe())
             inputs = build_understanding_inputs(bundle, image, question)
-            prefill_backbone(bundle, inputs, prefill_embeddings(bundle, inputs), plan)
+            bundle.model.forward_understanding(inputs, plan)
 
 
 # ---------------------------------------------------------------------------------------------- scores

@@ -13,6 +13,7 @@ far more work) and stops at ``<|im_end|>`` or ``max_new_tokens``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,18 +24,13 @@ from torch.profiler import record_function
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..io.images import load_image, preprocess_image
-from ..model import BASELINE, BackboneOutput, ExecutionPlan, KVCache, omni_attention_mask
+from ..model import BASELINE, BackboneOutput, ExecutionPlan, KVCache, UnderstandingInputs
 
-SYSTEM_PREFIX = "system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-ASSISTANT_SUFFIX = "\n<|im_start|>assistant\n"
-
-
-@dataclass
-class UnderstandingInputs:
-    input_ids: torch.Tensor  # [1, L] with img_pad placeholders in the block
-    block_offset: int  # index of the time token
-    block_len: int
-    latents: torch.Tensor  # [1, C, h, w]
+# The official prompt pieces (inference_mmu.py), tokenized separately as upstream does.
+SYSTEM_PROMPT = "system\nYou are a helpful assistant.<|im_end|>"
+USER_ROLE = "\n<|im_start|>user\n"
+ASSISTANT_ROLE = "\n<|im_start|>assistant\n"
+MAX_QUESTION_TOKENS = 2048  # longer questions are truncated (with a warning), as text-to-image prompts are
 
 
 class UnderstandingSession(Protocol):
@@ -94,49 +90,56 @@ class Answer:
         return (len(self.token_ids) - 1) / decode if decode > 0 and len(self.token_ids) > 1 else float("nan")
 
 
-def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str, question: str,
-                               image_size: int | None = None) -> UnderstandingInputs:
+def prompt_prefix(bundle: Showo2Bundle) -> list[int]:
+    """``[bos] system-prompt user-role [boi]``: every id before the time token."""
+    sp = bundle.special
+    return [sp.bos, *bundle.encode_text(SYSTEM_PROMPT), *bundle.encode_text(USER_ROLE), sp.boi]
+
+
+def question_ids(bundle: Showo2Bundle, question: str) -> list[int]:
+    """The question as text (control tokens typed in it are not control tokens), truncated with a warning."""
     if not isinstance(question, str) or not question.strip():
         raise FlashuError("empty question: ask something about the image")
+    ids = bundle.encode_user_text(question)
+    if len(ids) > MAX_QUESTION_TOKENS:
+        warnings.warn(f"question has {len(ids)} tokens; truncated to the first {MAX_QUESTION_TOKENS}", stacklevel=3)
+        ids = ids[:MAX_QUESTION_TOKENS]
+    return ids
+
+
+def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | None, question: str,
+                               image_size: int | None = None, *, latents: torch.Tensor | None = None,
+                               layout: str | None = None) -> UnderstandingInputs:
+    """The official understanding prompt for one image (``latents``: normalized latents [1, C, h, w] given
+    directly instead of an image, skipping the VAE). ``layout`` defaults to the model's
+    (``config.understanding_layout``)."""
     cfg, sp = bundle.config, bundle.special
-    size = cfg.image_size if image_size is None else int(image_size)
-    grid = cfg.grid_for(size)
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        image = load_image(image)
-    pixels = preprocess_image(image, size)[None].to(bundle.device)
-    with record_function("flashu.vae"):
-        latents = bundle.codec.encode(pixels)
+    q_ids = question_ids(bundle, question)
+    if latents is None:
+        size = cfg.image_size if image_size is None else int(image_size)
+        cfg.grid_for(size)
+        if image is None:
+            raise FlashuError("give an image (or its latents) to ask about")
+        if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+            image = load_image(image)
+        if not isinstance(image, Image.Image):
+            raise FlashuError(f"image must be a PIL image or a path, got {type(image).__name__}")
+        pixels = preprocess_image(image, size)[None].to(bundle.device)
+        with record_function("flashu.vae"):
+            latents = bundle.require_codec().encode(pixels)
+    grid = latents.shape[-1] // cfg.patch_size
     block_len = grid * grid + 1
-    prefix = [sp.bos, *bundle.encode_text(SYSTEM_PREFIX), sp.boi]
-    ids = prefix + [sp.img_pad] * block_len + [sp.eoi] + bundle.encode_text(question) \
-        + bundle.encode_text(ASSISTANT_SUFFIX)
-    return UnderstandingInputs(input_ids=torch.tensor([ids], device=bundle.device), block_offset=len(prefix),
-                               block_len=block_len, latents=latents)
-
-
-def prefill_embeddings(bundle: Showo2Bundle, inputs: UnderstandingInputs) -> torch.Tensor:
-    model = bundle.model
-    c = model.time_conditioning(torch.ones(1, device=bundle.device))
-    embeds = model.showo.model.embed_tokens(inputs.input_ids)
-    offsets = torch.tensor([inputs.block_offset], device=bundle.device)
-    return model.place_image_block(embeds, offsets, model.time_token(c), model.image_tokens(inputs.latents))
-
-
-def prefill_backbone(bundle: Showo2Bundle, inputs: UnderstandingInputs, embeds: torch.Tensor, plan: ExecutionPlan,
-                     cache: KVCache | None = None) -> BackboneOutput:
-    """The backbone over the whole prompt with the omni mask (block bidirectional), positions 0 … L − 1."""
-    length = embeds.shape[1]
-    offsets = torch.tensor([inputs.block_offset], device=bundle.device)
-    mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
-    positions = torch.arange(length, device=bundle.device)[None]
-    with record_function("flashu.llm"):
-        return bundle.model.run_backbone(embeds, positions, mask, plan, cache)
+    prefix = prompt_prefix(bundle)
+    ids = prefix + [sp.img_pad] * block_len + [sp.eoi] + q_ids + bundle.encode_text(ASSISTANT_ROLE)
+    return UnderstandingInputs(input_ids=torch.tensor([ids], device=bundle.device), time_offset=len(prefix),
+                               block_len=block_len, latents=latents.to(bundle.device),
+                               layout=layout or cfg.understanding_layout)
 
 
 @torch.no_grad()
-def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max_new_tokens: int = 300,
+def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str, *, max_new_tokens: int = 300,
            policy: UnderstandingPolicy | None = None, image_size: int | None = None,
-           ignore_eos: bool = False) -> Answer:
+           ignore_eos: bool = False, latents: torch.Tensor | None = None, layout: str | None = None) -> Answer:
     """Answer ``question`` about ``image`` greedily (KV-cached).
 
     ``ignore_eos``: decode exactly ``max_new_tokens`` tokens, feeding ``<|im_end|>`` back like any token (for
@@ -151,17 +154,17 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str, question: str, *, max
         policy = (acc.understanding_policy() if acc is not None else None) or BaselineUnderstanding()
     timings = {}
     t0 = time.perf_counter()
-    inputs = build_understanding_inputs(bundle, image, question, image_size)
+    inputs = build_understanding_inputs(bundle, image, question, image_size, latents=latents, layout=layout)
     session = policy.start(bundle, inputs)
     timings["encode"] = time.perf_counter() - t0
 
     model, eos = bundle.model, bundle.special.eos
     t0 = time.perf_counter()
-    embeds = prefill_embeddings(bundle, inputs)
+    length = inputs.input_ids.shape[1]
+    embeds = model.understanding_embeddings(inputs)
     t1 = time.perf_counter()
-    length = embeds.shape[1]
     cache = KVCache(bundle.config.llm.num_layers)
-    out = prefill_backbone(bundle, inputs, embeds, session.prefill_plan(), cache)
+    out = model.forward_understanding(inputs, session.prefill_plan(), cache, embeds=embeds)
     session.observe(-1, out)
     kept = out.hidden.shape[1]
     token = int(out.logits[0, -1].argmax())
@@ -186,9 +189,9 @@ def _greedy_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: K
     tokens = [token]
     while (ignore_eos or token != eos) and len(tokens) < max_new_tokens:
         index = len(tokens)
-        embeds = model.showo.model.embed_tokens(torch.tensor([[token]], device=bundle.device))
+        ids = torch.tensor([[token]], device=bundle.device)
         pos = torch.tensor([[length + index - 1]], device=bundle.device)
-        out = model.run_backbone(embeds, pos, None, session.decode_plan(index), cache)
+        out = model.decode_step(ids, pos, session.decode_plan(index), cache)
         session.observe(index, out)
         token = int(out.logits[0, -1].argmax())
         tokens.append(token)
@@ -197,22 +200,19 @@ def _greedy_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: K
 
 @torch.no_grad()
 def answer_without_cache(bundle: Showo2Bundle, image, question: str, *, max_new_tokens: int = 300,
-                         image_size: int | None = None) -> list[int]:
-    """Upstream's decoding loop: re-run the whole growing sequence per token. Reference for tests only."""
-    inputs = build_understanding_inputs(bundle, image, question, image_size)
-    model, eos = bundle.model, bundle.special.eos
-    embeds = prefill_embeddings(bundle, inputs)
-    offsets = torch.tensor([inputs.block_offset], device=bundle.device)
+                         image_size: int | None = None, ignore_eos: bool = False,
+                         latents: torch.Tensor | None = None, layout: str | None = None) -> list[int]:
+    """Upstream's ``mmu_generate`` loop: re-run the whole growing sequence for every token (no KV cache). The
+    reference the KV-cached loop is tested against, and the paper's baseline in ``flashu bench``."""
+    inputs = build_understanding_inputs(bundle, image, question, image_size, latents=latents, layout=layout)
+    eos, device = bundle.special.eos, bundle.device
     tokens: list[int] = []
     while len(tokens) < max_new_tokens:
-        length = embeds.shape[1]
-        mask = omni_attention_mask(length, offsets, inputs.block_len, bundle.dtype)
-        positions = torch.arange(length, device=bundle.device)[None]
-        out = model.run_backbone(embeds, positions, mask, BASELINE.with_(logits="last"))
+        ids = torch.cat([inputs.input_ids, torch.tensor([tokens], dtype=torch.long, device=device)], dim=1)
+        step = UnderstandingInputs(ids, inputs.time_offset, inputs.block_len, inputs.latents, inputs.layout)
+        out = bundle.model.forward_understanding(step, BASELINE.with_(logits="last"))
         token = int(out.logits[0, -1].argmax())
         tokens.append(token)
-        if token == eos:
+        if token == eos and not ignore_eos:
             break
-        new = model.showo.model.embed_tokens(torch.tensor([[token]], device=bundle.device))
-        embeds = torch.cat([embeds, new], dim=1)
     return tokens

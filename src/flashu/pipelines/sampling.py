@@ -14,11 +14,12 @@ TIME_SHIFT = 3.0
 
 
 def time_grid(num_steps: int, shift: float = TIME_SHIFT) -> torch.Tensor:
-    """The shifted grid ``t_k = s_k / (s_k + shift·(1 − s_k))`` with ``s_k = k / (N − 1)`` (fp64 → fp32)."""
+    """The shifted grid of the official sampler, bit for bit: ``s = linspace(0, 1, N)`` in fp32, then
+    ``t = s / (s + shift − shift·s)`` in fp32 (``transport/integrators.py``)."""
     if num_steps < 2:
         raise ConfigError(f"steps must be at least 2 (N grid points give N - 1 evaluations), got {num_steps}")
-    s = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64)
-    return (s / (s + shift * (1.0 - s))).to(torch.float32)
+    s = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float32)
+    return s / (s + shift - shift * s)
 
 
 def num_evaluations(num_steps: int) -> int:

@@ -117,7 +117,7 @@ def build_generation_inputs(bundle: Showo2Bundle, prompts: Sequence[str], image_
     max_text = cfg.max_text_len
     rows, offsets = [], []
     for prompt in prompts:
-        ids = bundle.encode_text(prompt)
+        ids = bundle.encode_user_text(prompt)
         if len(ids) > max_text:
             warnings.warn(f"prompt has {len(ids)} tokens; truncated to the first {max_text}", stacklevel=3)
             ids = ids[:max_text]
@@ -142,6 +142,18 @@ def initial_noise(bundle: Showo2Bundle, count: int, image_size: int, seed: int) 
     return torch.randn(count, bundle.config.latent_channels, side, side, generator=gen).to(bundle.device)
 
 
+NOISE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _given_noise(bundle: Showo2Bundle, noise: torch.Tensor, count: int, image_size: int) -> torch.Tensor:
+    side = image_size // bundle.config.vae.spatial_factor
+    expected = (count, bundle.config.latent_channels, side, side)
+    if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != expected:
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise FlashuError(f"noise must be a tensor of shape {list(expected)}, got {got}")
+    return noise.detach().float().to(bundle.device)
+
+
 def validate_prompts(prompts: Sequence[str]) -> list[str]:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -155,11 +167,13 @@ def validate_prompts(prompts: Sequence[str]) -> list[str]:
 @torch.no_grad()
 def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int | None = None,
              guidance: float | None = None, seed: int = 0, image_size: int | None = None,
-             policy: GenerationPolicy | None = None, progress: bool = True, decode: bool = True) -> GenerationResult:
+             policy: GenerationPolicy | None = None, progress: bool = True, decode: bool = True,
+             noise: torch.Tensor | None = None, noise_dtype: str = "float32") -> GenerationResult:
     """Generate one image per prompt. ``steps`` counts grid points (N points → N − 1 evaluations).
 
     ``guidance`` > 0 runs classifier-free guidance with an empty-prompt row per prompt; 0 runs the conditional
-    rows only.
+    rows only. The initial noise x₀ is drawn on the CPU from ``seed`` (or given as ``noise`` [n, C, h, w]) and kept
+    in fp32; ``noise_dtype="bfloat16"`` rounds it to bf16 first, as the official ``inference_t2i.py`` does.
     """
     cfg = bundle.config
     prompts = validate_prompts(prompts)
@@ -178,7 +192,10 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     session = policy.start(bundle, inputs, steps, guidance)
     schedule = session.schedule
     n = len(prompts)
-    x = initial_noise(bundle, n, image_size, seed)
+    x = initial_noise(bundle, n, image_size, seed) if noise is None else _given_noise(bundle, noise, n, image_size)
+    if noise_dtype not in NOISE_DTYPES:
+        raise FlashuError(f"noise_dtype must be one of {', '.join(NOISE_DTYPES)}, got {noise_dtype!r}")
+    x = x.to(NOISE_DTYPES[noise_dtype]).float()
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -197,7 +214,7 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     if decode:
         t0 = time.perf_counter()
         with record_function("flashu.vae"):
-            images = to_pil(bundle.codec.decode(x))
+            images = to_pil(bundle.require_codec().decode(x))
         timings["decode"] = time.perf_counter() - t0
     return GenerationResult(images=images, latents=x, evaluations=schedule.num_evaluations, timings=timings,
                             stats=session.stats())

@@ -56,8 +56,8 @@ from ..bundle import Showo2Bundle
 from ..config import Showo2Config, preset
 from ..model import Showo2, omni_attention_mask
 from ..model.layers import RMSNorm
-from ..model.showo2 import GenerationInputs, additive_mask
-from ..pipelines.mmu import ASSISTANT_SUFFIX, SYSTEM_PREFIX
+from ..model.showo2 import GenerationInputs, UnderstandingInputs, additive_mask
+from ..pipelines.mmu import ASSISTANT_ROLE, prompt_prefix, question_ids
 from ..pipelines.t2i import build_generation_inputs
 from ..io.tokenizer import SpecialTokens, build_local_tokenizer
 from ..io.vae import LatentCodec, build_vae
@@ -198,27 +198,25 @@ def flow_loss(bundle: Showo2Bundle, batch: GenerationBatch) -> torch.Tensor:
 
 @dataclass
 class UnderstandingBatch:
-    input_ids: torch.Tensor  # [B, L]
+    inputs: UnderstandingInputs  # [B, L] packed rows (the same prefix in every row)
     positions: torch.Tensor  # [B, L]
     mask: torch.Tensor  # [B, 1, L, L] additive
-    block_offset: int  # the same for every row (the prefix is constant)
-    block_len: int
-    latents: torch.Tensor  # [B, C, h, w]
     targets: torch.Tensor  # [B, L] next-token labels, -100 where no loss
 
 
 def understanding_prefix(bundle: Showo2Bundle) -> tuple[list[int], int, int]:
-    """Ids up to and including ``<|vision_end|>`` of the official understanding prompt, the block offset and length."""
+    """Ids up to and including ``<|vision_end|>`` of the official understanding prompt, the time-token offset and
+    the block length (time token + image tokens)."""
     sp = bundle.special
     block_len = bundle.config.grid ** 2 + 1
-    head = [sp.bos, *bundle.encode_text(SYSTEM_PREFIX), sp.boi]
+    head = prompt_prefix(bundle)
     return head + [sp.img_pad] * block_len + [sp.eoi], len(head), block_len
 
 
 def qa_segment(bundle: Showo2Bundle, question: str, answer: str) -> tuple[list[int], int]:
-    """Question + assistant suffix + answer + ``<|im_end|>``; also how many leading tokens are prompt."""
-    prompt = bundle.encode_text(question) + bundle.encode_text(ASSISTANT_SUFFIX)
-    return prompt + bundle.encode_text(answer) + [bundle.special.eos], len(prompt)
+    """Question + assistant role + answer + ``<|im_end|>``; also how many leading tokens are prompt."""
+    prompt = question_ids(bundle, question) + bundle.encode_text(ASSISTANT_ROLE)
+    return prompt + bundle.encode_user_text(answer) + [bundle.special.eos], len(prompt)
 
 
 def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tuple[str, str]]]]) -> UnderstandingBatch:
@@ -253,17 +251,19 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
         tgt += [-100] * extra
     ids = torch.tensor(rows)
     seg = torch.tensor(rows_seg)
+    latents = bundle.codec.encode(image_tensor([image for image, _ in scenes]))
+    inputs = UnderstandingInputs(ids, block_offset, block_len, latents, bundle.config.understanding_layout)
+    start, length = inputs.attention_block
     idx = torch.arange(L)
     causal = idx[:, None] >= idx[None, :]
-    in_block = (idx >= block_offset) & (idx < block_offset + block_len)
+    in_block = (idx >= start) & (idx < start + length)
     key_prefix = (seg == 0)[:, None, :]
     same = seg[:, :, None] == seg[:, None, :]
     allowed = (causal[None] & (key_prefix | same)) | (in_block[:, None] & in_block[None, :])[None]
     allowed = allowed & (seg[:, :, None] >= 0) | (same & (seg[:, :, None] < 0))
     allowed = allowed | torch.eye(L, dtype=torch.bool)[None]
-    latents = bundle.codec.encode(image_tensor([image for image, _ in scenes]))
-    return UnderstandingBatch(ids, torch.tensor(rows_pos), additive_mask(allowed[:, None], torch.float32),
-                              block_offset, block_len, latents, torch.tensor(rows_tgt))
+    return UnderstandingBatch(inputs, torch.tensor(rows_pos), additive_mask(allowed[:, None], torch.float32),
+                              torch.tensor(rows_tgt))
 
 
 def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> UnderstandingBatch:
@@ -278,14 +278,8 @@ def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> Un
 
 def understanding_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
     """LM logits at every position of the packed rows [B, L, V] (image at t = 1, as in ``answer``)."""
-    model = bundle.model
-    B = batch.input_ids.shape[0]
-    c = model.time_conditioning(torch.ones(B))
-    embeds = model.showo.model.embed_tokens(batch.input_ids)
-    offsets = torch.full((B,), batch.block_offset, dtype=torch.long)
-    embeds = model.place_image_block(embeds, offsets, model.time_token(c), model.image_tokens(batch.latents))
-    hidden = model.run_backbone(embeds, batch.positions, batch.mask).hidden
-    return model.showo.lm_head(hidden)
+    out = bundle.model.forward_understanding(batch.inputs, positions=batch.positions, mask=batch.mask)
+    return bundle.model.showo.lm_head(out.hidden)
 
 
 def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
