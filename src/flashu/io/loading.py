@@ -82,7 +82,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
     tok = load_tokenizer(config, Path(tokenizer) if tokenizer is not None else directory)
     special = SpecialTokens.from_tokenizer(tok)
     codec = None
-    if str(vae).lower() != "none":
+    if vae is None or str(vae).lower() != "none":
         codec = LatentCodec(load_vae(Path(vae) if vae is not None else directory, config.vae))
     with torch.device("meta"):
         model = Showo2(config)
