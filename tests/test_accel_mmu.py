@@ -12,12 +12,10 @@ import flashu
 from flashu.accel.calibration import calibrate
 from flashu.accel.config import FlashUConfig, GenerationAccelConfig, UnderstandingAccelConfig
 from flashu.accel.pruning import top_set
-from flashu.accel.understanding import (
-    AttentionSelector, FlashUUnderstandingPolicy, LastTokenSimilarityProbe, ValueNormSelector, make_selector,
-)
+from flashu.accel.token_pruning import AttentionSelector, ValueNormSelector
+from flashu.accel.understanding import FlashUUnderstandingPolicy
 from flashu.errors import ConfigError
 from flashu.model import BASELINE, ExecutionPlan, KVCache, Probe, omni_attention_mask
-from flashu.model.layers import rms_norm
 from flashu.pipelines.mmu import BaselineUnderstanding, answer, build_understanding_inputs
 
 QUESTION = "what is left of the square?"
@@ -43,28 +41,38 @@ class Recorder(Probe):
         self.out[layer] = hidden_out
 
 
+def new_cache(bundle, capacity):
+    return KVCache.for_model(bundle.model, 1, capacity)
+
+
+def cached(cache, layer):
+    """The keys/values ``layer`` holds (its filled slots)."""
+    n = cache.length(layer)
+    return cache.keys[layer][:, :, :n], cache.values[layer][:, :, :n]
+
+
 @torch.no_grad()
 def run_manual(bundle, policy, image, question=QUESTION, tokens=6):
     """The ``answer()`` loop, exposing plans, logits, the KV cache and the session."""
     inputs = build_understanding_inputs(bundle, image, question)
     session = policy.start(bundle, inputs)
     model = bundle.model
-    embeds = bundle.model.understanding_embeddings(inputs)
+    embeds = model.understanding_embeddings(inputs)
     L = embeds.shape[1]
-    mask = omni_attention_mask(L, torch.tensor([inputs.attention_block[0]]), inputs.attention_block[1], bundle.dtype)
-    cache = KVCache(bundle.config.llm.num_layers)
+    start, length = inputs.attention_block
+    mask = omni_attention_mask(L, torch.tensor([start]), length, bundle.dtype)
+    cache = new_cache(bundle, L + tokens)
     plan = session.prefill_plan()
-    out = model.run_backbone(embeds, torch.arange(L)[None], mask, plan, cache)
+    out = model.forward_understanding(inputs, plan, cache, embeds=embeds)
     session.observe(-1, out)
     rec = dict(inputs=inputs, session=session, cache=cache, embeds=embeds, mask=mask, prefill=out,
-               plans=[plan], logits=[out.logits[0, -1]],
+               plans=[plan], logits=[out.logits[0, -1]], kept=out.positions[0],
                lengths=[[cache.length(i) for i in range(bundle.config.llm.num_layers)]])
     token = int(out.logits[0, -1].argmax())
     ids = [token]
     for index in range(1, tokens):
         plan = session.decode_plan(index)
-        e = model.showo.model.embed_tokens(torch.tensor([[token]]))
-        out = model.run_backbone(e, torch.tensor([[L + index - 1]]), None, plan, cache)
+        out = model.decode_step(torch.tensor([[token]]), torch.tensor([[L + index - 1]]), plan, cache)
         session.observe(index, out)
         token = int(out.logits[0, -1].argmax())
         ids.append(token)
@@ -82,7 +90,7 @@ def manual_value_norms(bundle, rec, layer):
     bundle.model.run_backbone(rec["embeds"], torch.arange(L)[None], rec["mask"], BASELINE.with_(probe=probe))
     x = probe.out[layer - 1] if layer > 0 else rec["embeds"]
     block = bundle.model.layers[layer]
-    h = rms_norm(x, block.input_layernorm.weight, bundle.config.llm.rms_norm_eps)
+    h = block.input_layernorm(x)
     v = block.self_attn.v_proj(h)[0]  # [L, kv_heads·head_dim]: the concatenation of all KV heads
     return v.float().norm(dim=-1)
 
@@ -92,11 +100,11 @@ def manual_value_norms(bundle, rec, layer):
 def test_vnorm_keeps_text_and_time_token_and_drops_largest_norms(bundle, image, ratio, layer):
     policy = FlashUUnderstandingPolicy(understanding(token_prune_ratio=ratio, token_prune_layer=layer), None)
     rec = run_manual(bundle, policy, image, tokens=1)
-    inputs, selector = rec["inputs"], rec["session"].selector
+    inputs = rec["inputs"]
     L = inputs.input_ids.shape[1]
     start, n = inputs.image_start, inputs.image_count
     drop = int(ratio * n)
-    kept = selector.kept[0].tolist()
+    kept = rec["kept"].tolist()
     assert len(kept) == L - drop == rec["prefill"].hidden.shape[1]
     assert kept == sorted(kept)
     assert rec["prefill"].positions[0].tolist() == kept  # original positions survive (RoPE)
@@ -137,7 +145,7 @@ def test_mask_after_pruning_is_the_original_restricted(bundle, image, monkeypatc
     K = 2
     policy = FlashUUnderstandingPolicy(understanding(token_prune_ratio=0.5, token_prune_layer=K), None)
     rec = run_manual(bundle, policy, image, tokens=1)
-    keep = rec["session"].selector.kept[0]
+    keep = rec["kept"]
     full = rec["mask"]
     for layer, mask in enumerate(masks[: bundle.config.llm.num_layers]):
         if layer < K:
@@ -151,7 +159,7 @@ def test_pruned_prefill_equals_manual_reference(bundle, image):
     K = 2
     policy = FlashUUnderstandingPolicy(understanding(token_prune_ratio=0.5, token_prune_layer=K), None)
     rec = run_manual(bundle, policy, image, tokens=1)
-    keep = rec["session"].selector.kept[0]
+    keep = rec["kept"]
     L = rec["embeds"].shape[1]
     probe = Recorder()
     nl = bundle.config.llm.num_layers
@@ -159,12 +167,12 @@ def test_pruned_prefill_equals_manual_reference(bundle, image):
         bundle.model.run_backbone(rec["embeds"], torch.arange(L)[None], rec["mask"],
                                   ExecutionPlan(layers=list(range(K)), probe=probe))
         x = probe.out[K - 1][:, keep]
-        ref_cache = KVCache(nl)
+        ref_cache = new_cache(bundle, L)
         ref = bundle.model.run_backbone(x, keep[None], rec["mask"][:, :, keep][:, :, :, keep],
                                         ExecutionPlan(layers=list(range(K, nl)), logits="last"), ref_cache)
     torch.testing.assert_close(rec["prefill"].hidden, ref.hidden, rtol=0, atol=1e-6)
     for i in range(K, nl):
-        torch.testing.assert_close(rec["cache"].keys[i], ref_cache.keys[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(cached(rec["cache"], i)[0], cached(ref_cache, i)[0], rtol=0, atol=1e-6)
 
 
 def test_decoding_after_pruning_keeps_positions_right(bundle, image):
@@ -179,7 +187,7 @@ def test_decoding_after_pruning_keeps_positions_right(bundle, image):
                                    bundle.dtype)
         session = policy.start(bundle, rec["inputs"])
         out = bundle.model.run_backbone(e, torch.arange(L)[None], mask, session.prefill_plan())
-    assert torch.equal(session.selector.kept[0][:-1], rec["session"].selector.kept[0])  # same tokens kept
+    assert torch.equal(out.positions[0][:-1], rec["kept"])  # same tokens kept
     torch.testing.assert_close(out.logits[0, -1], rec["logits"][1], rtol=0, atol=1e-5)
 
 
@@ -210,7 +218,7 @@ def test_a_skipped_layer_fills_exactly_the_keys_values_it_would_have_made(bundle
         L = embeds.shape[1]
         mask = omni_attention_mask(L, torch.tensor([inputs.attention_block[0]]), inputs.attention_block[1], bundle.dtype)
         skipped = 1
-        full_cache, filled_cache, plain_cache = KVCache(nl), KVCache(nl), KVCache(nl)
+        full_cache, filled_cache, plain_cache = new_cache(bundle, L), new_cache(bundle, L), new_cache(bundle, L)
         rec = Recorder()
         layers = [i for i in range(nl) if i != skipped]
         model.run_backbone(embeds, torch.arange(L)[None], mask, BASELINE, full_cache)
@@ -218,13 +226,13 @@ def test_a_skipped_layer_fills_exactly_the_keys_values_it_would_have_made(bundle
                            ExecutionPlan(layers=layers, fill_skipped_kv=True, probe=rec), filled_cache)
         model.run_backbone(embeds, torch.arange(L)[None], mask, ExecutionPlan(layers=layers), plain_cache)
         # layer `skipped` reads layer skipped-1's output; running it (as in full_cache) on that input gives the same K/V
-        assert torch.equal(filled_cache.keys[skipped - 1], full_cache.keys[skipped - 1])
-        assert torch.equal(filled_cache.keys[skipped], full_cache.keys[skipped])
-        assert torch.equal(filled_cache.values[skipped], full_cache.values[skipped])
+        assert torch.equal(cached(filled_cache, skipped - 1)[0], cached(full_cache, skipped - 1)[0])
+        assert torch.equal(cached(filled_cache, skipped)[0], cached(full_cache, skipped)[0])
+        assert torch.equal(cached(filled_cache, skipped)[1], cached(full_cache, skipped)[1])
         assert plain_cache.length(skipped) == 0 and filled_cache.length(skipped) == L
         for i in range(skipped + 1, nl):  # later layers see the skip (the layer's output is not applied)
-            assert not torch.equal(filled_cache.keys[i], full_cache.keys[i])
-            assert torch.equal(filled_cache.keys[i], plain_cache.keys[i])
+            assert not torch.equal(cached(filled_cache, i)[0], cached(full_cache, i)[0])
+            assert torch.equal(cached(filled_cache, i)[0], cached(plain_cache, i)[0])
 
 
 # ------------------------------------------------------------------------------------------------ exactness
@@ -249,8 +257,8 @@ def test_layer_skip_policy_per_decoded_token(bundle, image):
     assert stats["ranking_steps"] == [-1, 3, 6, 9]
     assert stats["layers_skipped_per_step"] == [s, s, 0, s, s, 0, s, s, 0]
     assert stats["full_depth_decode_steps"] == 3
-    # prefill: full depth with a last-token probe; the skip set is the s layers of highest last-token cos
-    assert rec["plans"][0].layers is None and isinstance(rec["plans"][0].probe, LastTokenSimilarityProbe)
+    # prefill: full depth measuring the last token; the skip set is the s layers of highest last-token cos
+    assert rec["plans"][0].layers is None and rec["plans"][0].similarity == "last"
     probe = Recorder()
     L = rec["embeds"].shape[1]
     cos = {}
@@ -267,11 +275,11 @@ def test_layer_skip_policy_per_decoded_token(bundle, image):
     assert sets[-1] == expected
     for index, plan in enumerate(rec["plans"][1:], start=1):
         if index % T == 0:
-            assert plan.layers is None and plan.probe is not None
+            assert plan.layers is None and plan.similarity == "last"
         else:
             ranked_at = max(k for k in sets if k < index)
             assert list(plan.layers) == [i for i in range(nl) if i not in sets[ranked_at]]
-            assert plan.probe is None
+            assert plan.similarity is None
 
 
 def test_protect_first_last_and_interval_zero(bundle, image):
@@ -280,44 +288,72 @@ def test_protect_first_last_and_interval_zero(bundle, image):
     rec = run_manual(bundle, FlashUUnderstandingPolicy(cfg, None), image, tokens=6)
     stats = rec["session"].stats()
     assert stats["ranking_steps"] == [-1]  # T_LS = 0: ranked once, at prefill
-    assert set(stats["skip_sets"][0][1]) == set(range(1, nl - 1))
-    assert all(len(plan.layers) == 2 for plan in rec["plans"][1:])
+    s = math.floor(0.5 * nl)
+    assert len(stats["skip_sets"][0][1]) == s and set(stats["skip_sets"][0][1]) <= set(range(1, nl - 1))
+    assert all(len(plan.layers) == nl - s for plan in rec["plans"][1:])
 
 
-def test_skip_in_prefill_uses_scout_ranking(bundle, image):
-    nl = bundle.config.llm.num_layers
-    cfg = understanding(layer_skip_ratio=0.5, layer_skip_interval=4, protect_first_last=False, skip_in_prefill=True,
-                        token_prune_ratio=0.5)
-    rec = run_manual(bundle, FlashUUnderstandingPolicy(cfg, None), image, tokens=3)
-    stats = rec["session"].stats()
-    skipped = stats["skip_sets"][0][1]
-    assert stats["ranking_steps"][0] == -2 and stats["prefill_layers_skipped"] == 2
-    assert list(rec["plans"][0].layers) == [i for i in range(nl) if i not in skipped]
-    kept = rec["prefill"].hidden.shape[1]
-    for i in skipped:  # a layer skipped in prefill still holds the prompt's keys/values (for when it runs again)
-        assert rec["lengths"][0][i] == (rec["inputs"].input_ids.shape[1] if i < cfg.token_prune_layer else kept)
-    assert stats["prefill_skip_source"] == "scout"
+def test_skip_in_prefill_without_a_calibrated_prior_is_refused(bundle, image):
+    cfg = understanding(layer_skip_ratio=0.5, layer_skip_interval=4, protect_first_last=False, skip_in_prefill=True)
+    with pytest.raises(ConfigError, match="calibration"):
+        run_manual(bundle, FlashUUnderstandingPolicy(cfg, None), image, tokens=2)
 
 
 def test_skip_in_prefill_uses_the_calibrated_prior(bundle, image):
     nl = bundle.config.llm.num_layers
-    prior = [0.1, 0.9, 0.8, 0.2][:nl] + [0.0] * max(0, nl - 4)  # layers 1 and 2 look the most skippable
+    prior = [0.1, 0.9, 0.8] + [0.0] * (nl - 3)  # layers 1 and 2 look the most skippable (0.5 · 5 → 2 skipped)
     cfg = understanding(layer_skip_ratio=0.5, layer_skip_interval=4, protect_first_last=False, skip_in_prefill=True)
     rec = run_manual(bundle, FlashUUnderstandingPolicy(cfg, None, calibrated_similarity=prior), image, tokens=3)
     stats = rec["session"].stats()
-    assert stats["prefill_skip_source"] == "calibration" and stats["ranking_steps"][0] == -2
-    assert stats["skip_sets"][0][1] == [1, 2] and list(rec["plans"][0].layers) == [0, 3]
+    assert stats["ranking_steps"][0] == -2 and stats["prefill_layers_skipped"] == 2
+    assert stats["skip_sets"][0][1] == [1, 2] and list(rec["plans"][0].layers) == [0] + list(range(3, nl))
     assert rec["plans"][0].fill_skipped_kv
+    L = rec["inputs"].input_ids.shape[1]
+    for i in (1, 2):  # a layer skipped in prefill still holds the prompt's keys/values (for when it runs again)
+        assert rec["lengths"][0][i] == L
 
 
 # ------------------------------------------------------------------------------------------------ scorers, config
+def manual_priorities(bundle, rec, layer, scorer):
+    """Each image token's drop priority at ``layer``, recomputed independently from the baseline residual stream."""
+    inputs = rec["inputs"]
+    start, n = inputs.image_start, inputs.image_count
+    probe = Recorder()
+    L = rec["embeds"].shape[1]
+    bundle.model.run_backbone(rec["embeds"], torch.arange(L)[None], rec["mask"], BASELINE.with_(probe=probe))
+    x = probe.out[layer - 1] if layer > 0 else rec["embeds"]
+    attn = bundle.model.layers[layer].self_attn
+    h = bundle.model.layers[layer].input_layernorm(x)[0]
+    if scorer == "vnorm":
+        return attn.v_proj(h)[start:start + n].float().norm(dim=-1)
+    if scorer == "knorm":  # RoPE is a rotation: the key norm is the same before and after it
+        return attn.k_proj(h)[start:start + n].float().norm(dim=-1)
+    if scorer == "random":
+        return torch.rand(n, generator=torch.Generator().manual_seed(0))
+    cfg = bundle.config.llm
+    from flashu.model.layers import apply_rope, rope_tables
+
+    cos, sin = rope_tables(bundle.model.llm_inv_freq, torch.arange(L)[None], torch.float32)
+    q = apply_rope(attn.q_proj(h).view(1, L, -1, cfg.head_dim).transpose(1, 2), cos, sin)
+    k = apply_rope(attn.k_proj(h).view(1, L, -1, cfg.head_dim).transpose(1, 2), cos, sin)
+    k = k.repeat_interleave(cfg.num_heads // cfg.num_kv_heads, dim=1)
+    probs = ((q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim) + rec["mask"]).softmax(-1)
+    return -probs[0, :, start + n:, start:start + n].mean(dim=(0, 1))  # least attended dropped first
+
+
 @pytest.mark.parametrize("scorer", ["vnorm", "random", "knorm", "attention"])
-def test_the_four_scorers_run_with_the_same_budget(bundle, image, scorer):
-    cfg = understanding(token_prune_ratio=0.5, token_scorer=scorer, prune_ratio=0.0)
-    a = answer(bundle, image, QUESTION, max_new_tokens=3, policy=FlashUUnderstandingPolicy(cfg, None))
-    assert a.stats["token_scorer"] == scorer
-    assert a.kept_tokens == a.prompt_tokens - a.stats["image_tokens"] // 2
-    assert len(a.token_ids) >= 1
+def test_each_scorer_drops_what_its_rule_says(bundle, image, scorer):
+    layer = 2
+    cfg = understanding(token_prune_ratio=0.5, token_scorer=scorer, token_prune_layer=layer)
+    rec = run_manual(bundle, FlashUUnderstandingPolicy(cfg, None), image, tokens=1)
+    inputs = rec["inputs"]
+    start, n = inputs.image_start, inputs.image_count
+    with torch.no_grad():
+        priority = manual_priorities(bundle, rec, layer, scorer)
+    dropped = set(range(start, start + n)) - set(rec["kept"].tolist())
+    assert len(dropped) == n // 2 and rec["session"].stats()["token_scorer"] == scorer
+    expected = set((torch.argsort(priority, descending=True, stable=True)[: n // 2] + start).tolist())
+    assert dropped == expected
 
 
 def test_attention_scorer_matches_explicit_attention():
@@ -343,18 +379,15 @@ def test_attention_scorer_matches_explicit_attention():
 
 def test_rho_keeping_no_image_token_is_rejected(bundle, image):
     with pytest.raises(ConfigError):
-        UnderstandingAccelConfig(token_prune_ratio=1.0).validate()
+        UnderstandingAccelConfig(token_prune_ratio=1.0)
+    assert UnderstandingAccelConfig(token_prune_ratio=0.99).kept_image_tokens(64) == 1  # never zero
     with pytest.raises(ConfigError):
-        FlashUUnderstandingPolicy(UnderstandingAccelConfig(token_prune_ratio=1.0), None)
-    with pytest.raises(ConfigError):
-        UnderstandingAccelConfig(token_prune_ratio=1.0).kept_image_tokens(64)  # the validation used per request
-    with pytest.raises(ConfigError):
-        make_selector(UnderstandingAccelConfig(token_prune_ratio=1.0), 1, 64)
-    with pytest.raises(ConfigError):
-        UnderstandingAccelConfig(token_scorer="fastv").validate()
-    too_deep = understanding(token_prune_ratio=0.5, token_prune_layer=bundle.config.llm.num_layers)
-    with pytest.raises(ConfigError):
-        answer(bundle, image, QUESTION, max_new_tokens=2, policy=FlashUUnderstandingPolicy(too_deep, None))
+        UnderstandingAccelConfig(token_scorer="fastv")
+    too_deep = FlashUConfig(name="deep", generation=None, understanding=understanding(
+        token_prune_ratio=0.5, token_prune_layer=bundle.config.llm.num_layers))
+    with pytest.raises(ConfigError, match="token_prune_layer"):
+        flashu.accelerate(bundle, too_deep)
+    assert bundle.acceleration is None
 
 
 # ------------------------------------------------------------------------------------------------ both tasks
@@ -428,7 +461,7 @@ def test_model_accelerated_for_both_tasks_serves_both(bundle, image, scores):
     base_gen = flashu.generate(bundle, "a red circle", steps=4, guidance=2.0, decode=False, progress=False)
     base_und = run_manual(bundle, BaselineUnderstanding(), image, tokens=4)
     with flashu.accelerated(bundle, both_tasks_config(), scores=scores, progress=False):
-        assert bundle.acceleration.layout.kept_neurons("mmu") == [128] * 4
+        assert bundle.acceleration.layout.kept_neurons("mmu") == [128] * bundle.config.llm.num_layers
         got = answer(bundle, image, QUESTION, max_new_tokens=6)  # the model's own mmu plan
         assert got.stats["policy"] == "both" and got.stats["ffn_pruned"]
         ref = answer(und_ref, image, QUESTION, max_new_tokens=6)
@@ -472,9 +505,10 @@ def test_restore_is_bit_exact(bundle, image, scores):
 
 
 def test_accelerated_answer_uses_the_model_policy(bundle, image, scores):
-    with flashu.accelerated(bundle, "paper", scores=scores, progress=False):
+    with flashu.accelerated(bundle, "paper:understanding.layer_skip_ratio=0.25", task="mmu", scores=scores,
+                            progress=False):
         a = answer(bundle, image, QUESTION, max_new_tokens=4)
-    assert a.stats["policy"] == "paper"
+    assert a.stats["policy"] == "paper:understanding.layer_skip_ratio=0.25"
     assert a.stats["token_scorer"] == "vnorm" and a.stats["token_prune_layer"] == 2
     assert a.stats["ffn_pruned"]
 

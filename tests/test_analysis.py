@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import flashu
-from flashu.accel.calibration import calibrate, default_pairs, default_prompts
+from flashu.accel.importance import ActivationNormProbe
+from flashu.accel.calibration import calibrate, calibration_items, default_prompts
 from flashu.observe.analysis import (
-    SpecializationProbe, loo_scores, markdown, overlap, plot_specialization, specialization, task_forwards,
+    loo_scores, markdown, overlap, plot_specialization, specialization, task_forwards,
 )
 from flashu.errors import FlashuError
 from flashu.model import Probe
@@ -98,8 +99,8 @@ def brute_force_loo(bundle, task, items, layer, neuron) -> float:
 
 @pytest.mark.parametrize("task", ["t2i", "mmu"])
 def test_loo_identity_matches_brute_force_ablation(bundle, task):
-    items = default_prompts()[:2] if task == "t2i" else default_pairs(2)
-    probe = SpecializationProbe(bundle.config.llm.num_layers)
+    items = calibration_items(bundle, task, 2)[1]
+    probe = ActivationNormProbe(bundle.config.llm.num_layers)
     task_forwards(bundle, task, items, probe, steps=STEPS)
     fast = loo_scores(bundle.model, probe, len(items))
     assert fast.shape == (bundle.config.llm.num_layers, bundle.config.llm.intermediate_size)

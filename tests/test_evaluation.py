@@ -18,8 +18,9 @@ import flashu
 from flashu.observe import distributed
 from flashu.errors import FlashuError
 from flashu.observe.evaluation import (
-    config_dir_name, eval_mmu, eval_t2i, read_mmu_data, read_t2i_prompts, split_configs,
+    config_dir_name, eval_mmu, eval_t2i, read_mmu_data, read_t2i_prompts,
 )
+from flashu.accel.spec import split_specs
 from flashu.testbed.world import write_understanding_set
 
 PROMPTS = ["a red circle", "a blue square left of a green triangle", "a yellow square", "a purple circle above a "
@@ -192,10 +193,10 @@ def test_refuses_accelerated_bundle_and_bad_configs(bundle, tmp_path):
         flashu.restore(bundle)
 
 
-def test_split_configs():
-    assert split_configs("none, exact,paper:generation.prune_ratio=0.3,generation.layer_skip_ratio=0.1,plus") == [
+def test_split_specs():
+    assert split_specs("none, exact,paper:generation.prune_ratio=0.3,generation.layer_skip_ratio=0.1,plus") == [
         "none", "exact", "paper:generation.prune_ratio=0.3,generation.layer_skip_ratio=0.1", "plus"]
-    assert split_configs(",,") == []
+    assert split_specs(",,") == []
     assert config_dir_name("paper:generation.prune_ratio=0.3") == "paper_generation.prune_ratio=0.3"
 
 

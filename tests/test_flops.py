@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from flashu.observe import flops as F
-from flashu.config import PRESET_NAMES, preset
+from flashu.config import MODEL_PRESET_NAMES, preset
 from flashu.errors import ConfigError
 from flashu.model import BASELINE, GenerationInputs, Showo2, omni_attention_mask
 
@@ -38,7 +38,7 @@ def _build(name: str) -> Showo2:
     return Showo2(cfg)
 
 
-@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("name", MODEL_PRESET_NAMES)
 def test_parameter_counts_match_the_model(name):
     model = _build(name)
     real = Counter()

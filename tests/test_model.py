@@ -133,7 +133,7 @@ def test_plan_controls_layers_ffn_and_head_reuse(tiny):
     assert not torch.allclose(base.velocity, pruned.velocity)
     # supplied head features: the velocity depends only on them and the current t
     reused = tiny.forward_generation(x * 0, t, inputs, ExecutionPlan(head_features=base.head_features,
-                                                                      run_backbone=False))
+                                                                      recompute_backbone=False))
     assert reused.backbone is None
     assert torch.equal(reused.velocity, base.velocity)
 
@@ -166,5 +166,5 @@ def test_config_validation_and_round_trip():
 
 def test_position_table_interpolates_for_other_grids(tiny):
     table = tiny.position_table(tiny.config.vision.position_grid)
-    assert table is tiny.position_embedding.weight
+    assert torch.equal(table, tiny.position_embedding.weight)
     assert tiny.position_table(12).shape == (144, tiny.config.vision.hidden_size)

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+import flashu
+
 from flashu import FlashuError, generate
 from flashu.model import ExecutionPlan
 from flashu.pipelines.mmu import answer, answer_without_cache, build_understanding_inputs
-from flashu.pipelines.t2i import BaselinePolicy, build_generation_inputs
+from flashu.pipelines.t2i import build_generation_inputs
 
 
 def test_generation_is_seeded_and_reproducible(tiny_bundle):
@@ -32,8 +34,9 @@ def test_batch_of_prompts_matches_single_runs(tiny_bundle):
 
 def test_exact_trims_match_baseline(tiny_bundle):
     base = generate(tiny_bundle, "a green triangle", steps=5, seed=1, progress=False, decode=False)
-    exact = generate(tiny_bundle, "a green triangle", steps=5, seed=1, progress=False, decode=False,
-                     policy=BaselinePolicy(exact=True))
+    with flashu.accelerated(tiny_bundle, "exact", task="t2i"):
+        exact = generate(tiny_bundle, "a green triangle", steps=5, seed=1, progress=False, decode=False)
+    assert exact.stats["evaluations"] == 4
     assert torch.allclose(base.latents, exact.latents, atol=1e-5)
 
 

@@ -18,7 +18,7 @@ _LAZY = {
     "accelerate": ".accel.api", "accelerated": ".accel.api", "restore": ".accel.api",
     "FlashUConfig": ".accel.config", "accel_preset": ".accel.config",
     "resolve_accel": ".accel.spec",
-    "PRESET_NAMES": ".config", "Showo2Config": ".config", "preset": ".config",
+    "MODEL_PRESET_NAMES": ".config", "Showo2Config": ".config", "preset": ".config",
     "ExecutionPlan": ".model", "Showo2": ".model",
     "load_model": ".io.loading", "save_pretrained": ".io.loading", "download": ".io.hub",
     "answer": ".pipelines.mmu", "generate": ".pipelines.t2i",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .accel.config import FlashUConfig, accel_preset
     from .accel.spec import resolve_accel
     from .compiled import compile
-    from .config import PRESET_NAMES, Showo2Config, preset
+    from .config import MODEL_PRESET_NAMES, Showo2Config, preset
     from .io.hub import download
     from .io.loading import load_model, save_pretrained
     from .model import ExecutionPlan, Showo2

@@ -1,13 +1,15 @@
 """The ``flashu`` command line.
 
-User errors (bad paths, presets, values, images…) print one ``error: …`` line on stderr and exit with status 2;
-only bugs show a traceback.
+User errors (bad paths, specs, values, images…) print one ``error: …`` line on stderr and exit with status 2; only
+bugs show a traceback. Warnings print as ``warning: …`` lines. Heavy libraries (torch, transformers, diffusers) are
+imported inside the commands, so ``flashu --help`` starts at once. Output paths are checked before any work.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -18,6 +20,11 @@ import click
 from .errors import FlashuError
 
 EXIT_USER_ERROR = 2
+DEFAULT_MODEL = "testbed"
+MODEL_HELP = ("testbed (the trained model shipped with flashu), tiny/small/small-7b/1.5b/7b (random weights, for "
+              "speed), a local checkpoint directory or a hub id (owner/name).")
+MAX_STEPS = 10_000
+MAX_SEED = 2**63 - 1
 
 
 def _quiet_libraries() -> None:
@@ -27,92 +34,116 @@ def _quiet_libraries() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _err(message: str) -> None:
-    click.echo(f"{message}", err=True)
+    click.echo(message, err=True)
 
 
-model_option = click.option("--model", "-m", default="tiny", show_default=True,
-                            help="Preset (tiny, small, 1.5b, 7b), local checkpoint directory or hub id.")
-device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning: …`` line each (flashu's own and the libraries' user-facing ones)."""
+    _err(f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}")
+
+
+model_option = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="cpu, cuda, cuda:N or auto (CUDA when available).")
 dtype_option = click.option("--dtype", default="auto", show_default=True,
                             help="float32, bfloat16, float16 or auto (bf16 on CUDA, fp32 on CPU).")
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
+                               help="Progress bars (calibration included).")
+tokenizer_option = click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
+                                help="Directory (or hub id) with the tokenizer files, instead of the checkpoint's.")
+vae_option = click.option("--vae", "vae_dir", default=None,
+                          help="Directory (or hub id) with the VAE weights, instead of the checkpoint's.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="flashu")
+def _accel_options(func):
+    from .accel.spec import SPEC_HELP  # light module: no torch
+
+    func = click.option("--scores", "scores_files", multiple=True, type=click.Path(path_type=Path),
+                        help="Importance scores from 'flashu calibrate' (repeat for t2i and mmu); without them "
+                             "FlashU uses its calibration cache or calibrates once.")(func)
+    return click.option("--accel", default="none", show_default=True, help=f"Acceleration: {SPEC_HELP}.")(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="flashu", message="flashu %(version)s")
 def main() -> None:
     """flashu: task-aware acceleration of native unified multimodal models (Show-o2)."""
     _quiet_libraries()
 
 
-accel_option = click.option(
-    "--accel", default="none", show_default=True,
-    help="none | exact (lossless trims) | paper | plus | an ablation preset (see 'flashu accel-presets').")
-accel_config_option = click.option("--accel-config", type=click.Path(path_type=Path), default=None,
-                                   help="FlashU config JSON (overrides --accel presets).")
-scores_option = click.option("--scores", "scores_files", multiple=True, type=click.Path(path_type=Path),
-                             help="Importance scores from 'flashu calibrate' (repeat for t2i and mmu). "
-                                  "Without them, FlashU calibrates on the fly.")
+def _load(model: str, device: str, dtype: str, tokenizer=None, vae=None):
+    from .io.loading import load_model
+
+    return load_model(model, dtype=dtype, device=device, tokenizer=tokenizer, vae=vae)
 
 
-def _apply_acceleration(bundle, accel: str, accel_config: Path | None, scores_files, task: str):
-    """Accelerate ``bundle`` for ``task`` as asked; returns the explicit policy for 'none'/'exact' or None."""
-    from .accel.api import accelerate
-    from .accel.config import FlashUConfig, accel_preset
+def _scores(files) -> dict:
     from .accel.importance import ImportanceScores
 
-    if accel_config is None and accel in ("none", "exact"):
-        if task == "t2i":
-            from .pipelines.t2i import BaselinePolicy
-
-            return BaselinePolicy(exact=accel == "exact")
-        from .pipelines.mmu import BaselineUnderstanding
-
-        return BaselineUnderstanding()
-    cfg = FlashUConfig.from_file(accel_config) if accel_config else accel_preset(accel)
-    # Only the requested task's techniques: no calibration for the other one.
-    if task == "t2i":
-        cfg.understanding = None
-    else:
-        cfg.generation = None
     scores = {}
-    for path in scores_files:
+    for path in files:
         item = ImportanceScores.load(path)
+        if item.task in scores:
+            raise FlashuError(f"two --scores files for task {item.task}; give at most one per task")
         scores[item.task] = item
-    accelerate(bundle, cfg, scores=scores)
-    return None
+    return scores
 
 
+def _finite(value: float | None, name: str, minimum: float | None = 0.0) -> None:
+    if value is not None and (not math.isfinite(value) or (minimum is not None and value < minimum)):
+        raise FlashuError(f"{name} must be a finite number >= {minimum}, got {value}")
+
+
+def _check_steps_seed(steps: int | None, seed: int) -> None:
+    if steps is not None and not 2 <= steps <= MAX_STEPS:
+        raise FlashuError(f"--steps must be between 2 and {MAX_STEPS} (grid points), got {steps}")
+    if not 0 <= seed <= MAX_SEED:
+        raise FlashuError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
+
+
+# ---------------------------------------------------------------------------------------------------- generate
 @main.command()
 @model_option
 @click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="Text prompt (repeat for a batch).")
 @click.option("--steps", type=int, default=None, help="Grid points N (N - 1 evaluations). Default: the model's.")
 @click.option("--guidance", type=float, default=None, help="CFG scale (0 disables CFG). Default: the model's.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--size", type=int, default=None, help="Image size in pixels. Default: the model's.")
-@click.option("--out", "-o", type=click.Path(dir_okay=True, path_type=Path), default=Path("flashu.png"),
-              show_default=True, help="Output PNG (with several prompts: a directory, or NAME-i.png).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@accel_option
-@accel_config_option
-@scores_option
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("flashu.png"), show_default=True,
+              help="Output image (several prompts: NAME-i.png, or a directory without an extension).")
+@click.option("--noise-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="bfloat16 rounds the initial noise as the official inference_t2i.py does.")
+@progress_option
+@_accel_options
+@tokenizer_option
+@vae_option
 @device_option
 @dtype_option
-def generate(model, prompts, steps, guidance, seed, size, out, progress, accel, accel_config, scores_files,
-             device, dtype):
+def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, progress, accel, scores_files,
+             tokenizer_dir, vae_dir, device, dtype):
     """Generate images from text prompts."""
-    from .io.loading import load_model
-    from .pipelines.t2i import generate as run, validate_prompts
+    from .io.paths import IMAGE_SUFFIXES, check_text, writable_dir, writable_file
 
-    validate_prompts(list(prompts))
-    bundle = load_model(model, dtype=dtype, device=device)
-    policy = _apply_acceleration(bundle, accel, accel_config, scores_files, "t2i")
-    result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
-                 progress=progress, policy=policy)
-    paths = _output_paths(out, len(result.images))
+    for prompt in prompts:
+        check_text(prompt, "prompt")
+    _check_steps_seed(steps, seed)
+    _finite(guidance, "--guidance")
+    paths = _output_paths(out, len(prompts))
+    for path in paths:
+        writable_file(path, "--out", IMAGE_SUFFIXES)
+    if len(paths) > 1 and not out.suffix:
+        writable_dir(out, "--out")
+    from .accel.api import accelerated
+    from .pipelines.t2i import generate as run
+
+    bundle = _load(model, device, dtype, tokenizer_dir, vae_dir)
+    with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files), progress=progress):
+        result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
+                     progress=progress, noise_dtype=noise_dtype)
     for image, path in zip(result.images, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
@@ -126,17 +157,6 @@ def generate(model, prompts, steps, guidance, seed, size, out, progress, accel, 
         click.echo("acceleration: " + "  ".join(f"{k}={v}" for k, v in stats.items()))
 
 
-def _write_report(text: str, data: dict, json_out: Path | None, plot_out: Path | None, plot_fn) -> None:
-    """Print a command's markdown report; optionally write its JSON and its figure."""
-    click.echo(text)
-    if json_out:
-        json_out.write_text(json.dumps(data, indent=2))
-        click.echo(f"wrote {json_out}")
-    if plot_out:
-        plot_fn(data, str(plot_out))
-        click.echo(f"wrote {plot_out}")
-
-
 def _output_paths(out: Path, count: int) -> list[Path]:
     if count == 1 and out.suffix:
         return [out]
@@ -145,30 +165,39 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     return [out / f"image-{i}.png" for i in range(count)]
 
 
+# ---------------------------------------------------------------------------------------------------- ask
 @main.command()
 @model_option
 @click.option("--image", "-i", "image", required=True, help="Image file.")
 @click.option("--question", "-q", required=True, help="Question about the image.")
-@click.option("--max-new-tokens", type=int, default=300, show_default=True)
-@accel_option
-@accel_config_option
-@scores_option
+@click.option("--max-new-tokens", type=int, default=300, show_default=True, help="Most answer tokens to decode.")
+@click.option("--image-size", type=int, default=None, help="Understanding resolution in pixels. Default: the model's.")
+@click.option("--layout", type=click.Choice(["official", "training"]), default=None,
+              help="Bidirectional block of the prompt: official (inference_mmu.py) or training (mmu_dataset.py). "
+                   "Default: the one the model was trained with.")
+@progress_option
+@_accel_options
+@tokenizer_option
+@vae_option
 @device_option
 @dtype_option
-def ask(model, image, question, max_new_tokens, accel, accel_config, scores_files, device, dtype):
+def ask(model, image, question, max_new_tokens, image_size, layout, progress, accel, scores_files, tokenizer_dir,
+        vae_dir, device, dtype):
     """Answer a question about an image."""
-    from .io.images import load_image
-    from .io.loading import load_model
-    from .pipelines.mmu import answer
+    from .io.paths import check_text
 
-    if not question.strip():
-        raise FlashuError("empty question: ask something about the image")
+    check_text(question, "question")
     if max_new_tokens <= 0:
         raise FlashuError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    from .accel.api import accelerated
+    from .io.images import load_image
+    from .pipelines.mmu import answer
+
     picture = load_image(image)  # fail on a bad image before loading the model
-    bundle = load_model(model, dtype=dtype, device=device)
-    policy = _apply_acceleration(bundle, accel, accel_config, scores_files, "mmu")
-    result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, policy=policy)
+    bundle = _load(model, device, dtype, tokenizer_dir, vae_dir)
+    with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files), progress=progress):
+        result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
+                        layout=layout)
     click.echo(result.text)
     t = result.timings
     _err(f"encode: {t['encode'] * 1000:.1f} ms  prefill: {t['prefill'] * 1000:.1f} ms "
@@ -179,54 +208,60 @@ def ask(model, image, question, max_new_tokens, accel, accel_config, scores_file
         _err("acceleration: " + "  ".join(f"{k}={v}" for k, v in stats.items()))
 
 
+# ---------------------------------------------------------------------------------------------------- calibrate
 @main.command()
 @model_option
 @click.option("--task", type=click.Choice(["t2i", "mmu"]), required=True,
               help="t2i: generation prompts; mmu: image + question pairs.")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-              help="t2i: text file, one prompt per line (default: flashu's calibration prompts).")
+              help="t2i: text file, one prompt per line (default: the model's calibration data).")
 @click.option("--data", "pairs_file", type=click.Path(path_type=Path), default=None,
-              help='mmu: JSONL of {"image": path, "question": text} (default: generated shapes-world pairs).')
-@click.option("--samples", type=int, default=20, show_default=True)
+              help='mmu: JSONL of {"image": path, "question": text} (default: the model\'s calibration data).')
+@click.option("--samples", type=int, default=20, show_default=True, help="Calibration items.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output .safetensors file.")
+@progress_option
 @device_option
 @dtype_option
-def calibrate(model, task, prompts_file, pairs_file, samples, out, device, dtype):
+def calibrate(model, task, prompts_file, pairs_file, samples, out, progress, device, dtype):
     """Compute task-specific Wanda importance scores for FlashU pruning."""
-    from .accel.calibration import calibrate as run, read_pairs, read_prompts
-    from .io.loading import load_model
+    from .io.paths import writable_file
 
     if samples <= 0:
         raise FlashuError(f"--samples must be positive, got {samples}")
+    writable_file(out, "--out", (".safetensors",))
+    from .accel.calibration import calibrate as run, read_pairs, read_prompts
+
     prompts = read_prompts(prompts_file) if prompts_file else None
     pairs = read_pairs(pairs_file) if pairs_file else None
-    bundle = load_model(model, dtype=dtype, device=device)
-    scores = run(bundle, task, samples=samples, prompts=prompts, pairs=pairs)
+    bundle = _load(model, device, dtype)
+    scores = run(bundle, task, samples=samples, prompts=prompts, pairs=pairs, progress=progress)
     path = scores.save(out)
     click.echo(f"wrote {path} ({scores.samples} samples, {scores.tokens} tokens, task {task})")
 
 
 @main.command("accel-presets")
 def accel_presets():
-    """List the FlashU presets and print their JSON (a starting point for --accel-config)."""
-    from .accel.config import PRESET_NAMES, accel_preset
+    """List the FlashU presets and print their JSON (a starting point for a --accel config file)."""
+    from .accel.config import ACCEL_PRESET_NAMES, accel_preset
 
-    for name in PRESET_NAMES:
+    for name in ACCEL_PRESET_NAMES:
         click.echo(f"--- {name}")
         click.echo(accel_preset(name).to_json())
 
 
+# ---------------------------------------------------------------------------------------------------- info
 @main.command()
 @model_option
 @click.option("--steps", type=int, default=None, help="Grid points for the per-image totals.")
-@click.option("--question-tokens", type=int, default=6, show_default=True)
+@click.option("--question-tokens", type=int, default=6, show_default=True, help="Question length for the "
+              "per-query figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def info(model, steps, question_tokens, as_json):
     """Parameters and FLOPs per component, per denoising step and per understanding query."""
-    from .config import PRESET_NAMES, load_config_file, preset
+    from .config import MODEL_PRESET_NAMES, load_config_file, preset
     from .observe.flops import model_report, render_report
 
-    if model.lower() in PRESET_NAMES:
+    if model.lower() in MODEL_PRESET_NAMES:
         cfg = preset(model)
     else:
         from .io.checkpoint import resolve_checkpoint_dir
@@ -236,20 +271,21 @@ def info(model, steps, question_tokens, as_json):
             raise FlashuError(f"{directory} has no config.json; it is not a Show-o2 checkpoint directory")
         cfg = load_config_file(directory / "config.json")
     steps = cfg.default_steps if steps is None else steps
-    if steps < 2:
-        raise FlashuError(f"--steps must be at least 2, got {steps}")
+    _check_steps_seed(steps, 0)
+    if question_tokens < 1:
+        raise FlashuError(f"--question-tokens must be positive, got {question_tokens}")
     report = model_report(cfg, steps=steps, question_tokens=question_tokens)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(render_report(report))
+    click.echo(json.dumps(report, indent=2) if as_json else render_report(report))
 
 
+# ---------------------------------------------------------------------------------------------------- bench
 @main.command()
 @model_option
-@click.option("--task", type=click.Choice(["t2i", "mmu", "both"]), default="both", show_default=True)
+@click.option("--task", type=click.Choice(["t2i", "mmu", "both"]), default="both", show_default=True,
+              help="Which task to benchmark.")
 @click.option("--configs", default="none,exact,paper,plus", show_default=True,
-              help="Comma-separated: none, exact, FlashU presets, PRESET:SECTION.FIELD=VALUE overrides.")
+              help="Comma-separated acceleration specs (none, exact, presets, PRESET:SECTION.FIELD=VALUE, JSON "
+                   "files).")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed interleaved rounds.")
 @click.option("--steps", type=int, default=None, help="t2i grid points (default: the model's).")
 @click.option("--guidance", type=float, default=None, help="t2i CFG scale (default: the model's).")
@@ -257,30 +293,42 @@ def info(model, steps, question_tokens, as_json):
 @click.option("--image", "images", multiple=True, help="mmu image (repeatable, with --question).")
 @click.option("--question", "questions", multiple=True, help="mmu question (repeatable).")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True, help="mmu tokens decoded (eos ignored).")
-@click.option("--calibration-samples", type=int, default=20, show_default=True)
+@click.option("--calibration-samples", type=int, default=20, show_default=True, help="Calibration items per task.")
 @click.option("--instrument/--no-instrument", default=True, show_default=True,
-              help="Extra run per config for time per component and executed FLOPs.")
+              help="Extra runs per config for time per component and executed FLOPs.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report (JSON).")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a PNG figure.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 @device_option
 @dtype_option
 def bench(model, task, configs, repeats, steps, guidance, prompts, images, questions, max_new_tokens,
           calibration_samples, instrument, json_out, plot_out, progress, device, dtype):
     """Speed, FLOPs, memory and fidelity of configurations side by side (interleaved, median of repeats)."""
-    from .observe.bench import TaskInputs, markdown, parse_config, plot, run_benchmark, split_configs
-    from .io.images import load_image
-    from .io.loading import load_model
+    from .accel.spec import resolve_accel, split_specs
+    from .io.paths import check_text, writable_file
 
     tasks = ["t2i", "mmu"] if task == "both" else [task]
-    specs = split_configs(configs)
+    specs = split_specs(configs)
+    if not specs:
+        raise FlashuError("--configs names no configuration")
     for t in tasks:
         for spec in specs:
-            parse_config(spec, t)  # fail on a bad name before loading anything
+            resolve_accel(spec, t)  # fail on a bad spec before loading anything
     if repeats < 1:
         raise FlashuError(f"--repeats must be at least 1, got {repeats}")
-    if len(images) != len(questions) and images:
+    if images and len(images) != len(questions):
         raise FlashuError("give one --question per --image")
+    for text in (*prompts, *questions):
+        check_text(text, "prompt/question")
+    _check_steps_seed(steps, 0)
+    _finite(guidance, "--guidance")
+    if json_out:
+        writable_file(json_out, "--json", (".json",))
+    if plot_out:
+        writable_file(plot_out, "--plot", (".png",))
+    from .io.images import load_image
+    from .observe.bench import TaskInputs, markdown, plot, run_benchmark, strict_json
+
     inputs = TaskInputs(steps=steps, guidance=guidance, max_new_tokens=max_new_tokens)
     if prompts:
         inputs.prompts = list(prompts)
@@ -289,13 +337,26 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
         inputs.questions = list(questions)
     elif questions:
         inputs.questions = list(questions)
-    bundle = load_model(model, dtype=dtype, device=device)
+    bundle = _load(model, device, dtype)
     report = run_benchmark(bundle, tasks, specs, repeats=repeats, inputs=inputs,
                            calibration_samples=calibration_samples, instrument=instrument, progress=progress)
-    _write_report(markdown(report), report, json_out, plot_out, plot)
+    _write_report(markdown(report), strict_json(report), json_out, plot_out, plot)
 
 
-# ---------------------------------------------------------------------------- flashu eval testbed (issue 6)
+def _write_report(text: str, data: dict, json_out: Path | None, plot_out: Path | None, plot_fn) -> None:
+    """Print a command's markdown report; then write its JSON and its figure (paths checked before the work)."""
+    click.echo(text)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=2, allow_nan=False))
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        plot_out.parent.mkdir(parents=True, exist_ok=True)
+        plot_fn(data, str(plot_out))
+        click.echo(f"wrote {plot_out}")
+
+
+# ---------------------------------------------------------------------------------------------------- eval / demo
 @main.group("eval")
 def eval_group():
     """Quality evaluation (accuracy and speed)."""
@@ -305,23 +366,31 @@ def eval_group():
 @click.option("--model", "-m", default="testbed", show_default=True,
               help="The shipped testbed, a save_pretrained directory, or a training run directory.")
 @click.option("--accel", "accels", multiple=True, default=("none",), show_default=True,
-              help="none | exact | a FlashU preset | a FlashU config JSON (repeat to compare).")
+              help="Acceleration spec (repeat to compare): none, exact, a preset, PRESET:SECTION.FIELD=VALUE, a "
+                   "JSON file.")
 @click.option("--n-gen", type=int, default=100, show_default=True, help="Test captions to generate.")
 @click.option("--n-mmu", type=int, default=200, show_default=True, help="Test questions to answer.")
 @click.option("--split", type=click.Choice(["test", "test_heldout", "validation"]), default="test",
-              show_default=True)
+              show_default=True, help="Which split of the world to evaluate on.")
 @click.option("--steps", type=int, default=None, help="Grid points (default: the model's).")
 @click.option("--guidance", type=float, default=None, help="CFG scale (default: the model's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first batch's noise.")
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Prompts per generate call.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the reports here.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def eval_testbed(model, accels, n_gen, n_mmu, split, steps, guidance, seed, batch_size, json_out, progress):
     """Generation and understanding accuracy on the shapes world, per acceleration config, with speed."""
-    from .testbed.evaluate import evaluate_many, format_reports, load_testbed, resolve_accel, write_json
+    from .accel.spec import resolve_accel
+    from .io.paths import writable_file
 
     for accel in accels:
         resolve_accel(accel)  # fail on an unknown preset before loading anything
+    _check_steps_seed(steps, seed)
+    _finite(guidance, "--guidance")
+    if json_out:
+        writable_file(json_out, "--json", (".json",))
+    from .testbed.evaluate import evaluate_many, format_reports, load_testbed, write_json
+
     bundle = load_testbed(model)
     reports = evaluate_many(bundle, list(accels), n_gen=n_gen, n_mmu=n_mmu, split=split, steps=steps,
                             guidance=guidance, seed=seed, batch_size=batch_size, progress=progress)
@@ -333,49 +402,58 @@ def eval_testbed(model, accels, n_gen, n_mmu, split, steps, guidance, seed, batc
 @main.command()
 @click.option("--model", "-m", default="testbed", show_default=True,
               help="The shipped testbed (default), a save_pretrained directory or a training run.")
-@click.option("--configs", default="none,paper,plus", show_default=True)
+@click.option("--configs", default="none,paper,plus", show_default=True,
+              help="Comma-separated acceleration specs to compare.")
 @click.option("--images", "n_gen", type=int, default=8, show_default=True, help="Test captions to generate.")
 @click.option("--questions", "n_mmu", type=int, default=24, show_default=True, help="Test questions to answer.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("flashu-demo.png"), show_default=True,
               help="Image grid: one column per configuration.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def demo(model, configs, n_gen, n_mmu, out, progress):
-    """Baseline vs FlashU on the trained shapes-world testbed, offline: accuracy, speed and an image grid."""
-    from .observe.bench import split_configs
+    """Baseline vs FlashU on the trained testbed, offline: accuracy, speed and an image grid."""
+    from .accel.spec import split_specs
+    from .io.paths import writable_file
+
+    writable_file(out, "--out", (".png",))
     from .testbed.demo import run_demo
 
-    result = run_demo(model, split_configs(configs), n_gen=n_gen, n_mmu=n_mmu, out=out, progress=progress)
-    click.echo(result["table"])
+    result = run_demo(model, split_specs(configs), n_gen=n_gen, n_mmu=n_mmu, out=out, progress=progress,
+                      echo=click.echo)
     click.echo(f"wrote {result['grid']}")
 
 
-# ---------------------------------------------------------------------------- flashu eval t2i / mmu, analyze
 @eval_group.command("t2i")
 @model_option
 @click.option("--prompts", "prompts_source", required=True, type=click.Path(path_type=Path),
               help="Plain text (one prompt per line), DPG-Bench prompts (folder of .txt, JSON or CSV) or "
                    "GenEval metadata JSONL.")
-@click.option("--configs", default="none,paper", show_default=True)
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--steps", type=int, default=None)
-@click.option("--guidance", type=float, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--configs", default="none,paper", show_default=True, help="Comma-separated acceleration specs.")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output directory (one folder per configuration).")
+@click.option("--steps", type=int, default=None, help="Grid points (default: the model's).")
+@click.option("--guidance", type=float, default=None, help="CFG scale (default: the model's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Item i is generated with seed SEED + i.")
 @click.option("--samples-per-prompt", type=int, default=None, help="Default: 1 (text), 4 (DPG-Bench, GenEval).")
 @click.option("--limit", type=int, default=None, help="Only the first N prompts.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 @device_option
 @dtype_option
 def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, seed, samples_per_prompt, limit,
                      progress, device, dtype):
     """Write images per configuration in the layout external scorers expect (resumable; torchrun-shardable)."""
+    from .io.paths import writable_dir
+
+    _check_steps_seed(steps, seed)
+    _finite(guidance, "--guidance")
+    writable_dir(out_dir, "--out")
+    from .io.loading import load_model
     from .observe import distributed
     from .observe.evaluation import eval_t2i, read_t2i_prompts
-    from .io.loading import load_model
 
     read_t2i_prompts(prompts_source)  # fail on a bad prompt file before loading anything
     shard = distributed.init()
     try:
-        bundle = load_model(model, dtype=dtype, device=device or shard.device())
+        bundle = load_model(model, dtype=dtype, device=device if device != "auto" else shard.device())
         report = eval_t2i(bundle, prompts_source, configs, out_dir, steps=steps, guidance=guidance, seed=seed,
                           samples_per_prompt=samples_per_prompt, limit=limit, shard=shard,
                           progress=progress and shard.is_main)
@@ -389,23 +467,27 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
 @model_option
 @click.option("--data", "data_jsonl", required=True, type=click.Path(path_type=Path),
               help='JSONL of {"image": path, "question": text, "answer": text}.')
-@click.option("--configs", default="none,paper", show_default=True)
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--max-new-tokens", type=int, default=32, show_default=True)
-@click.option("--limit", type=int, default=None)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--configs", default="none,paper", show_default=True, help="Comma-separated acceleration specs.")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output directory (one folder per configuration).")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True, help="Most answer tokens to decode.")
+@click.option("--limit", type=int, default=None, help="Only the first N items.")
+@progress_option
 @device_option
 @dtype_option
 def eval_mmu_command(model, data_jsonl, configs, out_dir, max_new_tokens, limit, progress, device, dtype):
     """Answer accuracy per configuration (resumable; torchrun-shardable)."""
+    from .io.paths import writable_dir
+
+    writable_dir(out_dir, "--out")
+    from .io.loading import load_model
     from .observe import distributed
     from .observe.evaluation import eval_mmu, read_mmu_data
-    from .io.loading import load_model
 
     read_mmu_data(data_jsonl)
     shard = distributed.init()
     try:
-        bundle = load_model(model, dtype=dtype, device=device or shard.device())
+        bundle = load_model(model, dtype=dtype, device=device if device != "auto" else shard.device())
         report = eval_mmu(bundle, data_jsonl, configs, out_dir, max_new_tokens=max_new_tokens, limit=limit,
                           shard=shard, progress=progress and shard.is_main)
     finally:
@@ -422,39 +504,52 @@ def analyze_group():
 @analyze_group.command("specialization")
 @model_option
 @click.option("--samples", type=int, default=20, show_default=True, help="Prompts and image/question pairs.")
-@click.option("--top-fraction", type=float, default=0.5, show_default=True)
+@click.option("--top-fraction", type=float, default=0.5, show_default=True,
+              help="Share of each layer's neurons counted as a task's top set.")
 @click.option("--no-loo", is_flag=True, help="Skip the leave-one-out squared-error importance.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the result (JSON).")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a PNG figure.")
+@progress_option
 @device_option
 @dtype_option
 def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_out, progress, device, dtype):
     """Per-layer FFN neuron importance per task, top-k overlap (paper Figure 1), cos-similarity profiles."""
-    from .observe.analysis import markdown, plot_specialization, specialization
-    from .io.loading import load_model
+    from .io.paths import writable_file
 
     if samples <= 0:
         raise FlashuError(f"--samples must be positive, got {samples}")
     if not 0 < top_fraction <= 1:
         raise FlashuError(f"--top-fraction must be in (0, 1], got {top_fraction}")
-    bundle = load_model(model, dtype=dtype, device=device)
+    if json_out:
+        writable_file(json_out, "--json", (".json",))
+    if plot_out:
+        writable_file(plot_out, "--plot", (".png",))
+    from .observe.analysis import markdown, plot_specialization, specialization
+
+    bundle = _load(model, device, dtype)
     result = specialization(bundle, samples=samples, top_fraction=top_fraction, loo=not no_loo, progress=progress)
     _write_report(markdown(result), result, json_out, plot_out, plot_specialization)
 
 
+# ---------------------------------------------------------------------------------------------------- entry
 def run(argv: list[str] | None = None) -> int:
     """Entry point: click in non-standalone mode so every user error becomes one line and exit status 2."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
-        main.main(args=argv, prog_name="flashu", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("once")
+            _quiet_libraries()
+            main.main(args=argv, prog_name="flashu", standalone_mode=False)
     except click.exceptions.Abort:
         _err("aborted")
         return 130
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:
-        hint = f" (see 'flashu {exc.ctx.command.name} --help')" if exc.ctx and exc.ctx.command.name != "main" else \
-            " (see 'flashu --help')"
+        ctx = exc.ctx
+        hint = f" (see 'flashu {ctx.command_path.split(' ', 1)[1]} --help')" if ctx and " " in ctx.command_path \
+            else " (see 'flashu --help')"
         _err(f"error: {exc.format_message()}{hint}")
         return EXIT_USER_ERROR
     except click.ClickException as exc:
@@ -466,6 +561,8 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    finally:
+        warnings.showwarning = previous
     return 0
 
 

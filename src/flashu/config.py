@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,9 @@ class Showo2Config:
     # understanding: which positions form the bidirectional block (``model.UnderstandingInputs``): "official"
     # (inference_mmu.py: image tokens + <|vision_end|>) or "training" (mmu_dataset.py: time token + image tokens)
     understanding_layout: str = "official"
+    # the calibration data FlashU uses for this model by default (a registered source, see accel/calibration.py);
+    # "" = flashu's generic prompts and synthetic images
+    calibration_source: str = ""
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -169,6 +173,7 @@ class Showo2Config:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "Showo2Config":
+        _check_types(self)
         llm, vis, head = self.llm, self.vision, self.head
         checks = [
             (llm.num_heads % llm.num_kv_heads == 0, "llm.num_heads must be a multiple of llm.num_kv_heads"),
@@ -193,6 +198,13 @@ class Showo2Config:
         for name, value in _positive_ints(self):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        for name, value in _positive_floats(self):
+            if not value > 0:
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+        if self.default_guidance < 0:
+            raise ConfigError(f"default_guidance must be >= 0, got {self.default_guidance}")
+        if any(s <= 0 for s in self.vae.latents_std):
+            raise ConfigError("vae.latents_std must be positive")
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -207,13 +219,12 @@ class Showo2Config:
     def from_dict(cls, data: dict[str, Any]) -> "Showo2Config":
         data = dict(data)
         subs = {"llm": LLMConfig, "vision": VisionConfig, "head": FlowHeadConfig, "vae": VAEConfig}
-        try:
-            for key, sub in subs.items():
-                if key in data:
-                    data[key] = sub(**data[key])
-            return cls(**data).validate()
-        except TypeError as exc:  # unknown field names
-            raise ConfigError(f"invalid model config: {exc}") from None
+        for key, sub in subs.items():
+            if key in data:
+                if not isinstance(data[key], dict):
+                    raise ConfigError(f"model config field {key} must be an object, got {data[key]!r}")
+                data[key] = _construct(sub, data[key], f"{key}.")
+        return _construct(cls, data, "").validate()
 
     def to_official_dict(self) -> dict[str, Any]:
         """``config.json`` as the official ``Showo2Qwen2_5`` writes it, plus our full ``flashu`` block."""
@@ -274,6 +285,59 @@ class Showo2Config:
         return json.dumps(self.to_dict(), indent=2)
 
 
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _check_value(name: str, value, annotation: str) -> None:
+    kind = annotation.replace(" ", "")
+    if kind.startswith("list["):
+        inner = kind[5:-1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list of {inner}, got {value!r}")
+        for i, item in enumerate(value):
+            _check_value(f"{name}[{i}]", item, inner)
+        return
+    expected = _SCALARS.get(kind)
+    if expected is None:
+        return
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        what = "a finite number"
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        what = "an integer"
+    else:
+        ok = isinstance(value, expected)
+        what = f"a {kind}"
+    if not ok:
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+def _check_types(cfg: "Showo2Config") -> None:
+    """Every field has its declared JSON type (a config.json can say anything: "64", 64.5, null, [4], NaN)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ("llm", "vision", "head", "vae"):
+            expected = {"llm": LLMConfig, "vision": VisionConfig, "head": FlowHeadConfig, "vae": VAEConfig}[f.name]
+            if not isinstance(value, expected):
+                raise ConfigError(f"{f.name} must be an object, got {value!r}")
+            for sub in dataclasses.fields(value):
+                _check_value(f"{f.name}.{sub.name}", getattr(value, sub.name), str(sub.type))
+        else:
+            _check_value(f.name, value, str(f.type))
+
+
+_POSITIVE_FLOATS = {"llm": ("rope_theta", "rms_norm_eps"), "vision": ("layer_norm_eps",),
+                    "head": ("block_norm_eps", "qk_norm_eps", "final_norm_eps", "rope_theta", "rope_factor",
+                             "rope_low_freq_factor", "rope_high_freq_factor")}
+
+
+def _positive_floats(cfg: Showo2Config):
+    for part, names in _POSITIVE_FLOATS.items():
+        for name in names:
+            yield f"{part}.{name}", getattr(getattr(cfg, part), name)
+
+
 def _positive_ints(cfg: Showo2Config):
     for part_name in ("llm", "vision", "head", "vae"):
         part = getattr(cfg, part_name)
@@ -283,6 +347,14 @@ def _positive_ints(cfg: Showo2Config):
                 yield f"{part_name}.{f.name}", value
     for name in ("patch_size", "image_size", "default_steps"):
         yield name, getattr(cfg, name)
+
+
+def _construct(cls, data: dict, prefix: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown model config field {prefix}{unknown[0]}")
+    return cls(**data)
 
 
 def _official(hidden: int) -> Showo2Config:
@@ -309,7 +381,7 @@ LOCAL_VOCAB_SIZE = 320  # 256 byte tokens + special tokens, rounded up
 def _tiny() -> Showo2Config:
     return Showo2Config(
         name="tiny",
-        llm=LLMConfig(hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16,
+        llm=LLMConfig(hidden_size=64, num_layers=5, num_heads=4, num_kv_heads=2, head_dim=16,
                       intermediate_size=256, vocab_size=LOCAL_VOCAB_SIZE, tie_word_embeddings=True),
         vision=VisionConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, position_grid=8),
         head=FlowHeadConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=24,
@@ -360,19 +432,20 @@ def _testbed() -> Showo2Config:
         patch_size=1, image_size=32, max_text_len=48, tokenizer="local-bytes",
         llm_model_path="", clip_pretrained_model_path="", default_steps=20, default_guidance=3.0,
         understanding_layout="training",  # the layout this checkpoint was trained with
+        calibration_source="shapes-world",
     )
 
 
 _PRESETS = {"1.5b": lambda: _official(1536), "7b": lambda: _official(3584), "tiny": _tiny, "small": _small,
             "testbed": _testbed}
-PRESET_NAMES = tuple(_PRESETS)
+MODEL_PRESET_NAMES = tuple(_PRESETS)
 
 
 def preset(name: str) -> Showo2Config:
     """A fresh copy of a named preset."""
     key = name.lower()
     if key not in _PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(MODEL_PRESET_NAMES)}")
     return _PRESETS[key]().validate()
 
 

@@ -1,9 +1,11 @@
-"""``flashu.accelerate`` / ``flashu.restore``: apply FlashU to a loaded model and take it back off.
+"""The front door: ``flashu.accelerate`` / ``flashu.restore`` / ``flashu.accelerated``.
 
-Applying computes everything first (scores, kept sets, permutations) and only then permutes the weights in place,
-so a failed call leaves the model untouched. The model stays a valid baseline (the permutation preserves its
-function); each task's plan then runs its own contiguous neuron range. ``restore`` applies the inverse
-permutation: parameters and outputs are bit-identical to before.
+``accelerate(bundle, spec, task=...)`` resolves any spec with the one grammar of :mod:`.spec`, checks every
+technique against the model (refusing, in one line, what this model cannot run), gets the importance scores it
+needs (given, from the on-disk cache, or calibrated once — only for the task being run), and only then permutes the
+weights in place, all layers or none. The model stays a valid baseline (the permutation preserves its function);
+each task's plan then runs its own contiguous neuron range. ``restore`` applies the inverse permutation: parameters
+and outputs are bit-identical to before.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from torch import nn
+
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
-from .config import FlashUConfig, accel_preset
+from ..errors import ConfigError, FlashuError
+from .config import FlashUConfig
 from .importance import ImportanceScores
+from .layer_skip import skip_count
 from .pruning import PruningLayout, inverse, permute_model, plan_layout
+from .spec import resolve_accel
 
 
 @dataclass
@@ -25,24 +31,26 @@ class Acceleration:
     """What ``accelerate`` applied to a bundle (model-level, not per request)."""
 
     config: FlashUConfig
-    layout: PruningLayout
+    layout: PruningLayout | None
     # the understanding calibration's mean last-token similarity per layer (prefill layer-skip prior), if known
     understanding_layer_similarity: list[float] | None = None
+    scores: dict | None = None  # the importance scores used, per task (reusable for the next accelerate)
 
     def generation_policy(self):
         from .generation import FlashUGenerationPolicy
 
         if self.config.generation is None:
             return None
-        return FlashUGenerationPolicy(self.config.generation, self.layout.ffn_ranges["t2i"],
-                                      self.layout.group_ranges["t2i"], name=self.config.name)
+        layout = self.layout
+        return FlashUGenerationPolicy(self.config.generation, layout and layout.ffn_ranges["t2i"],
+                                      layout and layout.group_ranges["t2i"], name=self.config.name)
 
     def understanding_policy(self):
         from .understanding import FlashUUnderstandingPolicy
 
         if self.config.understanding is None:
             return None
-        return FlashUUnderstandingPolicy(self.config.understanding, self.layout.ffn_ranges["mmu"],
+        return FlashUUnderstandingPolicy(self.config.understanding, self.layout and self.layout.ffn_ranges["mmu"],
                                          name=self.config.name,
                                          calibrated_similarity=self.understanding_layer_similarity)
 
@@ -50,38 +58,92 @@ class Acceleration:
 ScoresArg = Mapping[str, "ImportanceScores | str | Path"] | None
 
 
-def accelerate(bundle: Showo2Bundle, config: FlashUConfig | str = "paper", *, scores: ScoresArg = None,
-               progress: bool = True, calibration_samples: int | None = None) -> Acceleration:
-    """Apply FlashU to ``bundle``. ``scores`` maps task (``t2i``/``mmu``) to importance scores or their file;
-    missing scores are calibrated on the fly (with a progress bar)."""
+def accelerate(bundle: Showo2Bundle, spec: "FlashUConfig | str | Path | None" = "paper", *, task: str | None = None,
+               scores: ScoresArg = None, progress: bool = True, calibration_samples: int | None = None,
+               use_cache: bool = True) -> Acceleration:
+    """Apply FlashU to ``bundle``. ``spec``: see :mod:`flashu.accel.spec`; ``task`` (``t2i``/``mmu``) keeps only
+    that task's techniques. ``scores`` maps task to importance scores or their file; missing ones come from the
+    calibration cache or are calibrated once (with a progress bar)."""
     if getattr(bundle, "acceleration", None) is not None:
         raise FlashuError("this model is already accelerated; call flashu.restore(bundle) first")
-    cfg = accel_preset(config) if isinstance(config, str) else config.validate()
-    given = dict(scores or {})
-    needed = {"t2i": cfg.needs_generation_scores, "mmu": cfg.needs_understanding_scores}
+    cfg = resolve_accel(spec, task)
+    check_supported(bundle, cfg)
+    resolved = _resolve_scores(bundle, cfg, scores, progress, calibration_samples, use_cache)
+    und = cfg.understanding
+    prior = resolved["mmu"].layer_similarity if "mmu" in resolved else None
+    if und is not None and und.layer_skip_ratio > 0 and und.skip_in_prefill and prior is None:
+        raise ConfigError("understanding.skip_in_prefill needs the layer similarity that understanding calibration "
+                          "records; recalibrate ('flashu calibrate --task mmu') or set skip_in_prefill=false")
+    layout = None
+    if resolved:
+        gen = cfg.generation
+        layout = plan_layout(
+            bundle.model, resolved,
+            ffn_ratio={"t2i": gen.prune_ratio if gen else 0.0, "mmu": und.prune_ratio if und else 0.0},
+            group_ratio={"t2i": gen.attention_group_prune_ratio if gen else 0.0, "mmu": 0.0},
+            alignment={"t2i": gen.prune_alignment if gen else 64, "mmu": und.prune_alignment if und else 64},
+        )
+        permute_model(bundle.model, layout.ffn_order, layout.group_order)
+    bundle.acceleration = Acceleration(cfg, layout, None if prior is None else [float(v) for v in prior], resolved)
+    return bundle.acceleration
+
+
+def _resolve_scores(bundle, cfg: FlashUConfig, scores: ScoresArg, progress: bool, samples: int | None,
+                    use_cache: bool) -> dict[str, ImportanceScores]:
+    needed = [task for task in ("t2i", "mmu") if cfg.needs_scores(task)]
     resolved: dict[str, ImportanceScores] = {}
-    for task, item in given.items():  # check what was given before spending time on calibration
-        if needed.get(task):
-            item = item if isinstance(item, ImportanceScores) else ImportanceScores.load(item)
+    for task, item in dict(scores or {}).items():  # check what was given before spending time on calibration
+        item = item if isinstance(item, ImportanceScores) else ImportanceScores.load(item)
+        if item.task != task:
+            raise FlashuError(f"the importance scores given for {task} are for {item.task}: pass the {task} file")
+        if task in needed:
             item.check_model(bundle.model, task)
             resolved[task] = item
-    for task, need in needed.items():
-        if need and task not in resolved:
-            from .calibration import calibrate
+    for task in needed:
+        if task not in resolved:
+            from .calibration import cached_scores
 
-            resolved[task] = calibrate(bundle, task, samples=calibration_samples or cfg.calibration_samples,
-                                       progress=progress)
+            resolved[task] = cached_scores(bundle, task, samples=samples or cfg.calibration_samples,
+                                           progress=progress, use_cache=use_cache)
+    return resolved
+
+
+def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
+    """Refuse, in one line, any technique this model cannot run as configured (nothing is changed yet)."""
+    model = bundle.model
+    llm = model.config.llm
     gen, und = cfg.generation, cfg.understanding
-    layout = plan_layout(
-        bundle.model, resolved,
-        ffn_ratio={"t2i": gen.prune_ratio if gen else 0.0, "mmu": und.prune_ratio if und else 0.0},
-        group_ratio={"t2i": gen.attention_group_prune_ratio if gen else 0.0, "mmu": 0.0},
-        alignment={"t2i": gen.prune_alignment if gen else 64, "mmu": und.prune_alignment if und else 64},
-    )
-    permute_model(bundle.model, layout.ffn_order, layout.group_order)
-    prior = resolved["mmu"].layer_similarity if "mmu" in resolved else None
-    bundle.acceleration = Acceleration(cfg, layout, None if prior is None else [float(v) for v in prior])
-    return bundle.acceleration
+    if gen is not None:
+        skip_count(gen.layer_skip_ratio, llm.num_layers, "generation.layer_skip_ratio")
+        groups = int(gen.attention_group_prune_ratio * llm.num_kv_heads)
+        if gen.attention_group_prune_ratio > 0 and (groups == 0 or groups >= llm.num_kv_heads):
+            raise ConfigError(f"generation.attention_group_prune_ratio {gen.attention_group_prune_ratio} prunes "
+                              f"{groups} of this model's {llm.num_kv_heads} KV groups; use 0 or a ratio that "
+                              "prunes some but not all")
+    if und is not None:
+        skip_count(und.layer_skip_ratio, llm.num_layers, "understanding.layer_skip_ratio")
+        if und.token_prune_ratio > 0 and und.token_prune_layer >= llm.num_layers:
+            raise ConfigError(f"understanding.token_prune_layer {und.token_prune_layer} must be below this model's "
+                              f"{llm.num_layers} decoder layers")
+    if cfg.needs_generation_scores or cfg.needs_understanding_scores:
+        _check_weights_resident(model)
+
+
+def _check_weights_resident(model) -> None:
+    """Pruning permutes and slices the decoder's weights: they must be plain, resident ``nn.Linear`` weights."""
+    for name, module in model.layers.named_modules():
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            raise FlashuError(f"decoder layer module {name} is a {type(module).__name__}, not a plain Linear (an "
+                              "adapter such as a LoRA?): merge it into the weights first (peft: "
+                              "model.merge_and_unload()), or use a configuration without FFN pruning")
+        if type(module).__name__.startswith("Lora") or hasattr(module, "lora_A"):
+            raise FlashuError(f"decoder layer module {name} carries a LoRA adapter: merge it first (peft: "
+                              "model.merge_and_unload()), or use a configuration without FFN pruning")
+        weight = getattr(module, "weight", None)
+        if getattr(module, "_hf_hook", None) is not None or (weight is not None and weight.is_meta):
+            raise FlashuError("FFN pruning permutes the decoder weights in place, which offloaded or dispatched "
+                              "weights do not allow: load the model without offload, or use a configuration "
+                              "without FFN pruning")
 
 
 def restore(bundle: Showo2Bundle) -> None:
@@ -89,15 +151,17 @@ def restore(bundle: Showo2Bundle) -> None:
     acc = getattr(bundle, "acceleration", None)
     if acc is None:
         return
-    permute_model(bundle.model, [inverse(o) for o in acc.layout.ffn_order],
-                  [inverse(o) for o in acc.layout.group_order])
+    if acc.layout is not None:
+        permute_model(bundle.model, [inverse(o) for o in acc.layout.ffn_order],
+                      [inverse(o) for o in acc.layout.group_order])
     bundle.acceleration = None
 
 
 @contextmanager
-def accelerated(bundle: Showo2Bundle, config: FlashUConfig | str = "paper", **kwargs) -> Iterator[Acceleration]:
+def accelerated(bundle: Showo2Bundle, spec: "FlashUConfig | str | Path | None" = "paper",
+                **kwargs) -> Iterator[Acceleration]:
     """``with flashu.accelerated(bundle, "plus"): ...`` — restored on exit, even after an error."""
-    acc = accelerate(bundle, config, **kwargs)
+    acc = accelerate(bundle, spec, **kwargs)
     try:
         yield acc
     finally:

@@ -1,4 +1,4 @@
-"""``FlashUConfig``: one validated, JSON-serialisable configuration for both tasks, with named presets.
+"""``FlashUConfig``: one validated, versioned, JSON-serialisable configuration for both tasks, with named presets.
 
 Step semantics (generation): the user asks for ``steps`` grid points N₀ (N₀ − 1 evaluations). FlashU samples on
 ``round(step_fraction · N₀)`` grid points N, i.e. E = N − 1 evaluations, and **every interval below counts
@@ -11,25 +11,45 @@ evaluations** k = 0 … E − 1 (the paper's 1-based "step" is k + 1):
   head cache;
 * guidance ``guidance_low_factor · s₀`` for the first ``round(guidance_low_fraction · E)`` evaluations, then s₀.
 
-Presets: ``paper`` (Table 7 of the paper, Show-o2 1.5B) and ``plus`` (paper + our exact/lossless improvements).
+Presets: ``none`` (nothing), ``exact`` (only what provably leaves the output unchanged), ``paper`` (Table 7 of the
+paper, Show-o2 1.5B), ``plus`` (flashu's own recipe) and the paper's ablations. Every field is type-checked at
+construction and on loading, so a config that exists is valid; JSON carries ``schema``/``version``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 
+SCHEMA = "flashu-accel"
+SCHEMA_VERSION = 1
 TOKEN_SCORERS = ("vnorm", "random", "knorm", "attention")
 SKIP_SCOPES = ("image", "sequence")
+TASKS = ("t2i", "mmu")
+
+
+class _Checked:
+    """Validated dataclass: fields are type-checked (JSON types: bool, int, finite float, str) on construction."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def _check_types(self, section: str) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f"{section}.{f.name}", getattr(self, f.name), f.type)
+
+    def validate(self):  # pragma: no cover - overridden
+        raise NotImplementedError
 
 
 @dataclass
-class GenerationAccelConfig:
+class GenerationAccelConfig(_Checked):
     """Text-to-image techniques. A ratio of 0 or an interval of 0 disables the technique."""
 
     prune_ratio: float = 0.2  # r_p: FFN neurons pruned per decoder layer
@@ -44,13 +64,13 @@ class GenerationAccelConfig:
     step_fraction: float = 0.7  # grid points relative to the requested steps
     guidance_low_factor: float = 0.75  # s_low / s₀
     guidance_low_fraction: float = 0.7  # first fraction of evaluations at s_low
-    lazy_backbone: bool = False  # plus: skip the backbone on head-cache evaluations (bit-identical output)
-    exact_trims: bool = False  # plus: drop positions after the image block (no logits is always on)
+    lazy_backbone: bool = False  # skip the backbone on head-cache evaluations (bit-identical output)
+    exact_trims: bool = False  # drop positions after the image block (exact: they cannot influence it)
 
-    def validate(self) -> None:
-        _ratio("generation.prune_ratio", self.prune_ratio)
-        _ratio("generation.attention_group_prune_ratio", self.attention_group_prune_ratio)
-        _ratio("generation.layer_skip_ratio", self.layer_skip_ratio)
+    def validate(self) -> "GenerationAccelConfig":
+        self._check_types("generation")
+        for name in ("prune_ratio", "attention_group_prune_ratio", "layer_skip_ratio"):
+            _ratio(f"generation.{name}", getattr(self, name))
         _closed_ratio("generation.full_ffn_fraction", self.full_ffn_fraction)
         _closed_ratio("generation.guidance_low_fraction", self.guidance_low_fraction)
         _positive("generation.prune_alignment", self.prune_alignment)
@@ -64,21 +84,31 @@ class GenerationAccelConfig:
             raise ConfigError("generation.layer_skip_interval must be positive when layer_skip_ratio > 0")
         if self.layer_skip_scope not in SKIP_SCOPES:
             raise ConfigError(f"generation.layer_skip_scope must be one of {SKIP_SCOPES}, got {self.layer_skip_scope!r}")
+        return self
+
+    @classmethod
+    def off(cls, **changes) -> "GenerationAccelConfig":
+        """Every technique off (the baseline's decisions), with ``changes`` applied."""
+        return cls(**{**_GENERATION_OFF, **changes})
 
     def evaluations(self, requested_steps: int) -> int:
         """Model evaluations E for a request of ``requested_steps`` grid points."""
         return max(2, round(self.step_fraction * requested_steps)) - 1
 
+    @property
+    def needs_scores(self) -> bool:
+        return self.prune_ratio > 0 or self.attention_group_prune_ratio > 0
+
 
 @dataclass
-class UnderstandingAccelConfig:
+class UnderstandingAccelConfig(_Checked):
     """Understanding techniques. A ratio of 0 disables the technique."""
 
     prune_ratio: float = 0.2  # static FFN pruning with understanding-specific neurons
     prune_alignment: int = 64
     layer_skip_ratio: float = 0.2  # layers skipped while decoding (ranked by the last token's cos similarity)
     layer_skip_interval: int = 8  # re-rank at full depth every this many decoded tokens (0: rank at prefill only)
-    skip_in_prefill: bool = False  # also skip layers in prefill (set from calibration, else from a scout pass)
+    skip_in_prefill: bool = False  # also skip layers in prefill (the set comes from understanding calibration)
     fill_skipped_kv: bool = True  # a layer skipped on a decode step still appends that token's keys/values
     protect_first_last: bool = True
     token_prune_ratio: float = 0.5  # ρ: fraction of image tokens dropped at layer K
@@ -86,23 +116,36 @@ class UnderstandingAccelConfig:
     token_scorer: str = "vnorm"  # vnorm (drop the largest value norms) | random | knorm | attention
     seed: int = 0  # for the random scorer
 
-    def validate(self) -> None:
+    def validate(self) -> "UnderstandingAccelConfig":
+        self._check_types("understanding")
         _ratio("understanding.prune_ratio", self.prune_ratio)
         _ratio("understanding.layer_skip_ratio", self.layer_skip_ratio)
         _ratio("understanding.token_prune_ratio", self.token_prune_ratio)
         _positive("understanding.prune_alignment", self.prune_alignment)
         _non_negative("understanding.layer_skip_interval", self.layer_skip_interval)
         _non_negative("understanding.token_prune_layer", self.token_prune_layer)
+        _non_negative("understanding.seed", self.seed)
         if self.token_scorer not in TOKEN_SCORERS:
             raise ConfigError(f"understanding.token_scorer must be one of {TOKEN_SCORERS}, got {self.token_scorer!r}")
+        return self
+
+    @classmethod
+    def off(cls, **changes) -> "UnderstandingAccelConfig":
+        return cls(**{**_UNDERSTANDING_OFF, **changes})
 
     def kept_image_tokens(self, image_tokens: int) -> int:
-        """Image tokens kept after pruning (validated: never zero)."""
-        kept = image_tokens - int(self.token_prune_ratio * image_tokens)
-        if kept <= 0:
-            raise ConfigError(f"understanding.token_prune_ratio {self.token_prune_ratio} keeps no image token "
-                              f"out of {image_tokens}")
-        return kept
+        """Image tokens kept after pruning: ``n − ⌊ρ·n⌋``, never zero since ρ < 1."""
+        return image_tokens - int(self.token_prune_ratio * image_tokens)
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.prune_ratio > 0
+
+
+_GENERATION_OFF = dict(prune_ratio=0.0, attention_group_prune_ratio=0.0, layer_skip_ratio=0.0, full_ffn_fraction=0.0,
+                       head_cache_interval=0, step_fraction=1.0, guidance_low_factor=1.0, guidance_low_fraction=0.0,
+                       lazy_backbone=False, exact_trims=False)
+_UNDERSTANDING_OFF = dict(prune_ratio=0.0, layer_skip_ratio=0.0, skip_in_prefill=False, token_prune_ratio=0.0)
 
 
 @dataclass
@@ -114,16 +157,32 @@ class FlashUConfig:
     understanding: UnderstandingAccelConfig | None = field(default_factory=UnderstandingAccelConfig)
     calibration_samples: int = 20  # calibration prompts / image-question pairs per task
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "FlashUConfig":
-        if self.generation is not None:
-            self.generation.validate()
-        if self.understanding is not None:
-            self.understanding.validate()
+        _check_type("name", self.name, "str")
+        for section, cls in (("generation", GenerationAccelConfig), ("understanding", UnderstandingAccelConfig)):
+            value = getattr(self, section)
+            if value is not None and not isinstance(value, cls):
+                raise ConfigError(f"{section} must be a {cls.__name__} or None, got {type(value).__name__}")
+            if value is not None:
+                value.validate()
         _positive("calibration_samples", self.calibration_samples)
         return self
 
+    def for_task(self, task: str) -> "FlashUConfig":
+        """A copy with only ``task``'s section (``t2i``: generation, ``mmu``: understanding)."""
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; use t2i (generation) or mmu (understanding)")
+        other = "understanding" if task == "t2i" else "generation"
+        return dataclasses.replace(self.copy(), **{other: None})
+
+    def copy(self) -> "FlashUConfig":
+        return FlashUConfig.from_dict(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"schema": SCHEMA, "version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -133,31 +192,62 @@ class FlashUConfig:
         if not isinstance(data, dict):
             raise ConfigError("a FlashU config must be a JSON object")
         data = dict(data)
-        try:
-            if data.get("generation") is not None:
-                data["generation"] = GenerationAccelConfig(**data["generation"])
-            if data.get("understanding") is not None:
-                data["understanding"] = UnderstandingAccelConfig(**data["understanding"])
-            return cls(**data).validate()
-        except TypeError as exc:
-            raise ConfigError(f"invalid FlashU config: {exc}") from None
+        schema, version = data.pop("schema", SCHEMA), data.pop("version", SCHEMA_VERSION)
+        if schema != SCHEMA:
+            raise ConfigError(f"not a FlashU config (schema {schema!r}, expected {SCHEMA!r})")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"FlashU config version {version!r} is not supported (this flashu reads version "
+                              f"{SCHEMA_VERSION}); export it again with 'flashu accel-presets'")
+        sections = {"generation": GenerationAccelConfig, "understanding": UnderstandingAccelConfig}
+        for key, section in sections.items():
+            value = data.get(key)
+            if value is not None:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key} must be a JSON object or null, got {type(value).__name__}")
+                data[key] = _build(section, value, key)
+        return _build(cls, data, None)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "FlashUConfig":
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read FlashU config {path}: {exc}") from None
         return cls.from_dict(data)
 
     @property
     def needs_generation_scores(self) -> bool:
-        g = self.generation
-        return g is not None and (g.prune_ratio > 0 or g.attention_group_prune_ratio > 0)
+        return self.generation is not None and self.generation.needs_scores
 
     @property
     def needs_understanding_scores(self) -> bool:
-        return self.understanding is not None and self.understanding.prune_ratio > 0
+        return self.understanding is not None and self.understanding.needs_scores
+
+    def needs_scores(self, task: str) -> bool:
+        return self.needs_generation_scores if task == "t2i" else self.needs_understanding_scores
+
+
+def _build(cls, data: dict, section: str | None):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{section}." if section else ""
+        raise ConfigError(f"unknown FlashU config field {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+    return cls(**data)
+
+
+_JSON_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+
+
+def _check_type(name: str, value, annotation) -> None:
+    kind = str(annotation).split("|")[0].strip()
+    if kind not in _JSON_TYPES:
+        return
+    ok = isinstance(value, _JSON_TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{name} must be {'a number' if kind == 'float' else 'a ' + kind}, got {value!r}")
+    if kind == "float" and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 def _ratio(name: str, value: float) -> None:
@@ -171,13 +261,23 @@ def _closed_ratio(name: str, value: float) -> None:
 
 
 def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _non_negative(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+def _none() -> FlashUConfig:
+    return FlashUConfig(name="none", generation=None, understanding=None)
+
+
+def _exact() -> FlashUConfig:
+    """Only what provably leaves the output unchanged (for each task, in this one place)."""
+    return FlashUConfig(name="exact", generation=GenerationAccelConfig.off(exact_trims=True), understanding=None)
 
 
 def _paper() -> FlashUConfig:
@@ -187,25 +287,22 @@ def _paper() -> FlashUConfig:
 def _plus() -> FlashUConfig:
     cfg = _paper()
     cfg.name = "plus"
-    cfg.generation.lazy_backbone = True
-    cfg.generation.exact_trims = True
+    cfg.generation = dataclasses.replace(cfg.generation, lazy_backbone=True, exact_trims=True)
     return cfg
 
 
-def _ablation(name: str, **generation_changes) -> callable:
+def _ablation(name: str, **generation_changes):
     def build() -> FlashUConfig:
         cfg = _paper()
         cfg.name = name
-        for key, value in generation_changes.items():
-            setattr(cfg.generation, key, value)
+        cfg.generation = dataclasses.replace(cfg.generation, **generation_changes)
         return cfg
     return build
 
 
-_NOTHING = dict(prune_ratio=0.0, layer_skip_ratio=0.0, full_ffn_fraction=0.0, head_cache_interval=0,
-                step_fraction=1.0, guidance_low_factor=1.0, guidance_low_fraction=0.0)
-
-PRESETS = {
+ACCEL_PRESETS = {
+    "none": _none,
+    "exact": _exact,
     "paper": _paper,
     "plus": _plus,
     # The paper's Table 4 ablations (generation side)
@@ -213,17 +310,18 @@ PRESETS = {
     "no-hybrid-ffn": _ablation("no-hybrid-ffn", full_ffn_fraction=0.0),
     "no-adaptive-guidance": _ablation("no-adaptive-guidance", step_fraction=1.0, guidance_low_factor=1.0,
                                       guidance_low_fraction=0.0),
-    "prune-only": _ablation("prune-only", **{**_NOTHING, "prune_ratio": 0.2}),
+    "prune-only": _ablation("prune-only", **{**_GENERATION_OFF, "prune_ratio": 0.2}),
     # One technique at a time
-    "only-layer-skip": _ablation("only-layer-skip", **{**_NOTHING, "layer_skip_ratio": 0.2}),
-    "only-head-cache": _ablation("only-head-cache", **{**_NOTHING, "head_cache_interval": 5}),
-    "only-guidance": _ablation("only-guidance", **{**_NOTHING, "step_fraction": 0.7, "guidance_low_factor": 0.75,
-                                                   "guidance_low_fraction": 0.7}),
+    "only-layer-skip": _ablation("only-layer-skip", **{**_GENERATION_OFF, "layer_skip_ratio": 0.2}),
+    "only-head-cache": _ablation("only-head-cache", **{**_GENERATION_OFF, "head_cache_interval": 5}),
+    "only-guidance": _ablation("only-guidance", **{**_GENERATION_OFF, "step_fraction": 0.7,
+                                                   "guidance_low_factor": 0.75, "guidance_low_fraction": 0.7}),
 }
-PRESET_NAMES = tuple(PRESETS)
+ACCEL_PRESET_NAMES = tuple(ACCEL_PRESETS)
 
 
 def accel_preset(name: str) -> FlashUConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown acceleration preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    return PRESETS[name]().validate()
+    """A fresh copy of a named preset."""
+    if name not in ACCEL_PRESETS:
+        raise ConfigError(f"unknown acceleration preset {name!r}; choose one of {', '.join(ACCEL_PRESET_NAMES)}")
+    return ACCEL_PRESETS[name]()

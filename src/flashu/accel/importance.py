@@ -87,17 +87,42 @@ class ImportanceScores:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for bad files
-            raise FlashuError(f"cannot read importance scores {path}: {exc}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FlashuError(f"cannot read importance scores {path}: {reason}") from None
         if meta.get("format") != SCORES_FORMAT or "ffn" not in tensors:
             raise FlashuError(f"{path} is not a flashu importance-score file (run 'flashu calibrate')")
+        missing = [k for k in ("task", "fingerprint", "samples", "tokens") if k not in meta]
+        if missing or "attention_groups" not in tensors:
+            raise FlashuError(f"{path} is incomplete (missing {', '.join(missing) or 'attention_groups'}); "
+                              "recalibrate with 'flashu calibrate'")
+        try:
+            samples, tokens = int(meta["samples"]), int(meta["tokens"])
+        except ValueError:
+            raise FlashuError(f"{path} has unreadable metadata; recalibrate with 'flashu calibrate'") from None
+        if meta["task"] not in TASKS:
+            raise FlashuError(f"{path} is for unknown task {meta['task']!r}; recalibrate with 'flashu calibrate'")
         norms = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("norms.")}
-        return cls(task=meta["task"], ffn=tensors["ffn"], attention_groups=tensors["attention_groups"],
-                   activation_norms=norms, fingerprint=meta["fingerprint"], samples=int(meta["samples"]),
-                   tokens=int(meta["tokens"]), layer_similarity=tensors.get("layer_similarity"))
+        scores = cls(task=meta["task"], ffn=tensors["ffn"], attention_groups=tensors["attention_groups"],
+                     activation_norms=norms, fingerprint=meta["fingerprint"], samples=samples, tokens=tokens,
+                     layer_similarity=tensors.get("layer_similarity"))
+        for name, value in (("ffn", scores.ffn), ("attention_groups", scores.attention_groups),
+                            ("layer_similarity", scores.layer_similarity)):
+            if value is not None and not torch.isfinite(value.float()).all():
+                raise FlashuError(f"{path}: {name} holds NaN or infinite values; recalibrate with 'flashu calibrate'")
+        return scores
 
     def check_model(self, model: Showo2, task: str) -> None:
         if self.task != task:
-            raise FlashuError(f"importance scores are for task {self.task!r}, not {task!r}")
+            raise FlashuError(f"these importance scores are for task {self.task!r}, not {task!r}: pass the "
+                              f"{task} file (flashu calibrate --task {task})")
+        cfg = model.config.llm
+        shapes = {"ffn": (cfg.num_layers, cfg.intermediate_size), "attention_groups": (cfg.num_layers, cfg.num_kv_heads)}
+        for name, shape in shapes.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise FlashuError(f"importance scores {name} have shape {list(getattr(self, name).shape)}, this model "
+                                  f"needs {list(shape)}; recalibrate with 'flashu calibrate' on this model")
+        if self.layer_similarity is not None and tuple(self.layer_similarity.shape) != (cfg.num_layers,):
+            raise FlashuError("importance scores layer_similarity do not match this model's layers; recalibrate")
         if self.fingerprint != model_fingerprint(model):
             raise FlashuError("importance scores were computed on another model (fingerprint mismatch); "
                               "recalibrate with 'flashu calibrate' on this model")

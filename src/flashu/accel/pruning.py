@@ -9,6 +9,9 @@ GQA KV groups (with their query heads) are handled the same way at group granula
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -92,27 +95,58 @@ def plan_layout(model: Showo2, scores: dict[str, ImportanceScores], ffn_ratio: d
 
 @torch.no_grad()
 def permute_model(model: Showo2, ffn_order: list[torch.Tensor], group_order: list[torch.Tensor]) -> None:
-    """Apply the per-layer permutations in place (function-preserving). One layer's FFN is copied at a time."""
+    """Apply the per-layer permutations in place (function-preserving), all layers or none: an error or an
+    interrupt (Ctrl-C is held until the end) part-way puts the layers already permuted back."""
+    done: list[int] = []
+    with _interrupts_deferred():
+        try:
+            for i, (order, gorder) in enumerate(zip(ffn_order, group_order)):
+                _permute_layer(model, i, order, gorder)
+                done.append(i)
+        except BaseException:
+            for i in reversed(done):
+                _permute_layer(model, i, inverse(ffn_order[i]), inverse(group_order[i]))
+            raise
+
+
+def _permute_layer(model: Showo2, i: int, order: torch.Tensor, gorder: torch.Tensor) -> None:
+    """One layer: its FFN neurons (gate/up rows, down columns) and KV groups. Each weight is replaced in one copy."""
     cfg = model.config.llm
+    layer = model.layers[i]
+    mlp = layer.mlp
+    dev = mlp.gate_proj.weight.device
+    order = order.to(dev)
+    mlp.gate_proj.weight.copy_(mlp.gate_proj.weight[order])
+    mlp.up_proj.weight.copy_(mlp.up_proj.weight[order])
+    mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, order])
+    if torch.equal(gorder, torch.arange(len(gorder))):
+        return
     per_group_q = cfg.num_heads // cfg.num_kv_heads * cfg.head_dim
-    for layer, order, gorder in zip(model.layers, ffn_order, group_order):
-        mlp = layer.mlp
-        dev = mlp.gate_proj.weight.device
-        order = order.to(dev)
-        mlp.gate_proj.weight.copy_(mlp.gate_proj.weight[order])
-        mlp.up_proj.weight.copy_(mlp.up_proj.weight[order])
-        mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, order])
-        if torch.equal(gorder, torch.arange(len(gorder))):
-            continue
-        attn = layer.self_attn
-        q_idx = _expand(gorder, per_group_q).to(dev)
-        kv_idx = _expand(gorder, cfg.head_dim).to(dev)
-        attn.q_proj.weight.copy_(attn.q_proj.weight[q_idx])
-        attn.q_proj.bias.copy_(attn.q_proj.bias[q_idx])
-        for proj in (attn.k_proj, attn.v_proj):
-            proj.weight.copy_(proj.weight[kv_idx])
-            proj.bias.copy_(proj.bias[kv_idx])
-        attn.o_proj.weight.copy_(attn.o_proj.weight[:, q_idx])
+    attn = layer.self_attn
+    q_idx = _expand(gorder, per_group_q).to(dev)
+    kv_idx = _expand(gorder, cfg.head_dim).to(dev)
+    attn.q_proj.weight.copy_(attn.q_proj.weight[q_idx])
+    attn.q_proj.bias.copy_(attn.q_proj.bias[q_idx])
+    for proj in (attn.k_proj, attn.v_proj):
+        proj.weight.copy_(proj.weight[kv_idx])
+        proj.bias.copy_(proj.bias[kv_idx])
+    attn.o_proj.weight.copy_(attn.o_proj.weight[:, q_idx])
+
+
+@contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT (Ctrl-C) until the block ends, then raise it (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def inverse(order: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Three techniques, each off when its ratio is 0:
 
-**Static understanding FFN (r_p).** Every backbone forward of the answer (prefill, every decode step, the optional
-scout pass) runs the understanding neuron range of each decoder layer (``layout.ffn_ranges["mmu"]``): a slice of the
+**Static understanding FFN (r_p).** Every backbone forward of the answer (prefill, every decode step
+) runs the understanding neuron range of each decoder layer (``layout.ffn_ranges["mmu"]``): a slice of the
 permuted full weights, computed from understanding calibration (``calibrate(bundle, "mmu")``) independently of
 generation's range. No hybrid phase: understanding is single-pass.
 
@@ -29,12 +29,11 @@ generation's range. No hybrid phase: understanding is single-pass.
 * ``skip_in_prefill`` (off by default): the prefill itself skips ``s`` layers. No full-depth pass exists before the
   prefill, so the set comes from **understanding calibration**: ``calibrate(bundle, "mmu")`` also records each
   layer's last-token ``cos(h_in, h_out)`` averaged over the calibration pairs (``ImportanceScores.layer_similarity``),
-  and the prefill skips the ``s`` most similar layers. Without that prior (scores from an older file) a **scout
-  pass** ranks them: a full-depth forward (no cache, pruned FFN) of the prompt without its image tokens, ranked by
-  its last token. Layers skipped in prefill always write the prompt's keys/values (as above), or they would decode
-  blind after the first re-ranking. Decoding starts from the prefill's set until its first ranking pass.
+  and the prefill skips the ``s`` most similar layers (without that record, ``accelerate`` refuses the setting).
+  Layers skipped in prefill always write the prompt's keys/values (as above), or they would decode blind after
+  the first re-ranking. Decoding starts from the prefill's set until its first ranking pass.
 
-**Visual-token pruning at layer K (ρ, ``token_scorer``).** At the first executed layer ≥ K of the prefill, after
+**Visual-token pruning at layer K (ρ, ``token_scorer``;** :mod:`.token_pruning`**).** At the first executed layer ≥ K of the prefill, after
 q/k/v (+RoPE) are computed for all positions, the ``grid²`` image tokens (positions ``block_offset + 1 …
 block_offset + grid²``; never the time token at ``block_offset``, never text) are scored and the
 ``⌊ρ·grid²⌋`` with the highest drop priority are removed. Kept positions stay in their original order with their
@@ -84,158 +83,20 @@ times in a 32-token answer (4.52 instead of 5 layers skipped per decode step on 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import torch
-
 from ..errors import ConfigError
-from ..model import ExecutionPlan, BackboneOutput, omni_attention_mask
+from ..model import BackboneOutput, ExecutionPlan
 from .config import UnderstandingAccelConfig
-from .generation import LayerSimilarityProbe, least_important_layers
+from .layer_skip import active_layers, least_important_layers, skip_count
+from .token_pruning import make_selector
 
 
-# ---------------------------------------------------------------------------------------------------- probes
-class LastTokenSimilarityProbe(LayerSimilarityProbe):
-    """``cos(h_in, h_out)`` of the last sequence position at each executed layer (prefill or decode step)."""
-
-    def __init__(self):
-        super().__init__(None)
-
-    def layer_io(self, layer: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> None:
-        super().layer_io(layer, hidden_in[:, -1:], hidden_out[:, -1:])
-
-
-# ---------------------------------------------------------------------------------------------------- selectors
-class VisualTokenSelector:
-    """Base of the visual-token selectors: keeps every non-image position and the ``keep`` image tokens with the
-    lowest drop priority (:meth:`priority`, larger = dropped first; ties: the lower position is dropped first).
-
-    ``image_start``/``image_count``: the image tokens' positions ``[image_start, image_start + image_count)`` in the
-    sequence the selector sees (the full prefill sequence: nothing is pruned before it).
-    """
-
-    name = "base"
-    needs_queries = False
-
-    def __init__(self, layer: int, image_start: int, image_count: int, keep: int):
-        if not 0 < keep <= image_count:
-            raise ConfigError(f"visual-token pruning must keep between 1 and {image_count} image tokens, got {keep}")
-        self.layer = layer
-        self.image_start = image_start
-        self.image_count = image_count
-        self.keep = keep
-        self.priorities: torch.Tensor | None = None  # [B, image_count] from the last select
-        self.kept: torch.Tensor | None = None  # kept sequence positions [B, L_kept] from the last select
-
-    @property
-    def image_stop(self) -> int:
-        return self.image_start + self.image_count
-
-    def priority(self, values: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor,
-                 queries: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def select(self, values: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor,
-               queries: torch.Tensor | None) -> torch.Tensor:
-        B, L = values.shape[0], values.shape[2]
-        if L < self.image_stop:
-            raise ValueError(f"selector expects the image tokens at [{self.image_start}, {self.image_stop}) "
-                             f"but the sequence has {L} positions")
-        priority = self.priority(values, keys, hidden, queries).float()
-        drop = self.image_count - self.keep
-        order = torch.argsort(priority, dim=1, descending=True, stable=True)
-        kept_image = order[:, drop:].sort(dim=1).values + self.image_start
-        device = kept_image.device
-        before = torch.arange(self.image_start, device=device).expand(B, -1)
-        after = torch.arange(self.image_stop, L, device=device).expand(B, -1)
-        keep = torch.cat([before, kept_image, after], dim=1)
-        self.priorities, self.kept = priority, keep
-        return keep
-
-    def _image(self, t: torch.Tensor) -> torch.Tensor:
-        return t[:, :, self.image_start:self.image_stop]
-
-
-class ValueNormSelector(VisualTokenSelector):
-    """The paper's V-norm proxy: ``sqrt(Σ_h ‖v_{h,i}‖²)`` over all KV heads; the largest norms are dropped."""
-
-    name = "vnorm"
-
-    def priority(self, values, keys, hidden, queries):
-        return self._image(values).float().pow(2).sum(dim=(1, 3)).sqrt()
-
-
-class KeyNormSelector(VisualTokenSelector):
-    """Key norm (post-RoPE, equal to pre-RoPE), heads combined like :class:`ValueNormSelector`; largest dropped."""
-
-    name = "knorm"
-
-    def priority(self, values, keys, hidden, queries):
-        return self._image(keys).float().pow(2).sum(dim=(1, 3)).sqrt()
-
-
-class RandomSelector(VisualTokenSelector):
-    """A seeded uniform random subset of the image tokens (same for every row and request of this size)."""
-
-    name = "random"
-
-    def __init__(self, layer, image_start, image_count, keep, seed: int = 0):
-        super().__init__(layer, image_start, image_count, keep)
-        self.seed = seed
-
-    def priority(self, values, keys, hidden, queries):
-        gen = torch.Generator().manual_seed(self.seed)
-        scores = torch.rand(self.image_count, generator=gen)
-        return scores.to(values.device).expand(values.shape[0], -1)
-
-
-class AttentionSelector(VisualTokenSelector):
-    """FastV-style: attention received by each image token at layer K from the text queries after the image block,
-    averaged over query heads and those queries; the least attended are dropped. Materialises those rows of the
-    attention map explicitly (eager), with the causal mask those rows have under the omni mask."""
-
-    name = "attention"
-    needs_queries = True
-
-    def priority(self, values, keys, hidden, queries):
-        if queries is None:
-            raise ValueError("the attention scorer needs the layer's queries")
-        B, Hq, L, d = queries.shape
-        q = queries[:, :, self.image_stop:].float()  # [B, Hq, Nq, d]
-        if q.shape[2] == 0:
-            raise ValueError("the attention scorer needs text after the image block")
-        k = keys.float().repeat_interleave(Hq // keys.shape[1], dim=1)  # [B, Hq, L, d]
-        logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # [B, Hq, Nq, L]
-        rows = torch.arange(self.image_stop, L, device=q.device)
-        allowed = torch.arange(L, device=q.device)[None, :] <= rows[:, None]  # causal: [Nq, L]
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        probs = logits.softmax(dim=-1)
-        received = probs[..., self.image_start:self.image_stop].mean(dim=(1, 2))  # [B, N]
-        return -received  # least attended first
-
-
-SELECTORS = {"vnorm": ValueNormSelector, "knorm": KeyNormSelector, "random": RandomSelector,
-             "attention": AttentionSelector}
-
-
-def make_selector(cfg: UnderstandingAccelConfig, image_start: int, image_count: int) -> VisualTokenSelector | None:
-    """The configured selector for one request, or ``None`` when ρ drops no token."""
-    keep = cfg.kept_image_tokens(image_count)  # ConfigError when ρ keeps nothing
-    if keep == image_count:
-        return None
-    cls = SELECTORS[cfg.token_scorer]
-    if cls is RandomSelector:
-        return RandomSelector(cfg.token_prune_layer, image_start, image_count, keep, seed=cfg.seed)
-    return cls(cfg.token_prune_layer, image_start, image_count, keep)
-
-
-# ---------------------------------------------------------------------------------------------------- session
 @dataclass
 class UnderstandingCounters:
     decode_steps: int = 0
-    rankings: int = 0  # ranking passes (prefill or scout included)
-    ranking_steps: list = field(default_factory=list)  # -1: prefill, -2: scout, i: decode step i
+    rankings: int = 0  # ranking passes (the prefill included)
+    ranking_steps: list = field(default_factory=list)  # -1: prefill, -2: calibration prior, i: decode step i
     skip_sets: list = field(default_factory=list)  # (step, skipped layers) after each ranking
     skipped_per_step: list = field(default_factory=list)  # layers skipped on decode step 1, 2, …
     prefill_layers_skipped: int = 0
@@ -243,31 +104,32 @@ class UnderstandingCounters:
 
 
 class FlashUUnderstandingSession:
-    """Per-answer decisions (never stored on the model). Implements ``UnderstandingSession``."""
+    """Per-answer decisions (never stored on the model). Implements ``UnderstandingSession``; it only returns plans
+    and reads what the forward returned."""
 
-    def __init__(self, cfg: UnderstandingAccelConfig, bundle, inputs, ffn_ranges, name: str = "flashu",
+    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, inputs, ffn_ranges, name: str = "flashu",
                  calibrated_similarity: list[float] | None = None):
         self.cfg = cfg
-        self.calibrated_similarity = calibrated_similarity
         self.name = name
-        self.bundle = bundle
         self.inputs = inputs
-        self.num_layers = bundle.config.llm.num_layers
+        self.num_layers = num_layers
         self.ffn_ranges = ffn_ranges
-        if cfg.token_prune_ratio > 0 and cfg.token_prune_layer >= self.num_layers:
-            raise ConfigError(f"understanding.token_prune_layer {cfg.token_prune_layer} must be below the number "
-                              f"of decoder layers ({self.num_layers})")
-        self.image_start = inputs.image_start
         self.image_count = inputs.image_count
-        self.selector = make_selector(cfg, self.image_start, self.image_count) if cfg.token_prune_ratio > 0 \
-            else None
-        self.skip_count = math.floor(cfg.layer_skip_ratio * self.num_layers)
+        self.selector = None
+        if cfg.token_prune_ratio > 0:
+            self.selector = make_selector(cfg, inputs.image_start, inputs.image_count)
+        self.skip_count = skip_count(cfg.layer_skip_ratio, num_layers, "understanding.layer_skip_ratio")
         self.skipped: list[int] = []
-        self.last_similarity: dict[int, float] = {}  # last-token cos per layer at the latest ranking
         self.counters = UnderstandingCounters()
-        self._probe: LastTokenSimilarityProbe | None = None
-        self._prefill_layers: list[int] | None = None
-        self.prefill_skip_source: str | None = None  # calibration | scout, when skip_in_prefill
+        self._prefill_layers = None
+        if self.skip_count > 0 and cfg.skip_in_prefill:
+            if calibrated_similarity is None:
+                raise ConfigError("understanding.skip_in_prefill needs the layer similarity that understanding "
+                                  "calibration records; recalibrate ('flashu calibrate --task mmu')")
+            self._rank(-2, dict(enumerate(calibrated_similarity)))
+            self._prefill_layers = active_layers(self.skipped, num_layers)
+            self.counters.prefill_layers_skipped = len(self.skipped)
+        self._ranking = False
 
     # -- decisions ----------------------------------------------------------------------------------------
     def ranks_at(self, index: int) -> bool:
@@ -275,36 +137,17 @@ class FlashUUnderstandingSession:
         interval = self.cfg.layer_skip_interval
         return self.skip_count > 0 and interval > 0 and index % interval == 0
 
-    def _active_layers(self) -> list[int] | None:
-        if not self.skipped:
-            return None
-        return [i for i in range(self.num_layers) if i not in self.skipped]
-
     def prefill_plan(self) -> ExecutionPlan:
-        probe = None
-        if self.skip_count > 0:
-            if self.cfg.skip_in_prefill:
-                if self._prefill_layers is None:
-                    if self.calibrated_similarity is not None:
-                        self.prefill_skip_source = "calibration"
-                        self._rank(-2, dict(enumerate(self.calibrated_similarity)))
-                    else:
-                        self.prefill_skip_source = "scout"
-                        self._rank(-2, self._scout_similarity())
-                    self._prefill_layers = self._active_layers()
-                    self.counters.prefill_layers_skipped = len(self.skipped)
-            else:
-                probe = LastTokenSimilarityProbe()
-        self._probe = probe
+        self._ranking = self.skip_count > 0 and not self.cfg.skip_in_prefill
         # a layer skipped in prefill still writes the prompt's keys/values, or it would later decode blind
         return ExecutionPlan(layers=self._prefill_layers, ffn_ranges=self.ffn_ranges, token_selector=self.selector,
-                             logits="last", fill_skipped_kv=True, probe=probe)
+                             logits="last", fill_skipped_kv=True, similarity="last" if self._ranking else None)
 
     def decode_plan(self, index: int) -> ExecutionPlan:
-        rank = self.ranks_at(index)
-        self._probe = LastTokenSimilarityProbe() if rank else None
-        return ExecutionPlan(layers=None if rank else self._active_layers(), ffn_ranges=self.ffn_ranges,
-                             logits="last", fill_skipped_kv=self.cfg.fill_skipped_kv, probe=self._probe)
+        self._ranking = self.ranks_at(index)
+        return ExecutionPlan(layers=None if self._ranking else active_layers(self.skipped, self.num_layers),
+                             ffn_ranges=self.ffn_ranges, logits="last", fill_skipped_kv=self.cfg.fill_skipped_kv,
+                             similarity="last" if self._ranking else None)
 
     def observe(self, index: int, output: BackboneOutput) -> None:
         c = self.counters
@@ -312,38 +155,17 @@ class FlashUUnderstandingSession:
             c.prefill_tokens_kept = int(output.hidden.shape[1])
         else:
             c.decode_steps += 1
-            c.skipped_per_step.append(0 if self._probe is not None else len(self.skipped))
-        if self._probe is not None:
-            self._rank(index, self._probe.similarity)
-            self._probe = None
+            c.skipped_per_step.append(0 if self._ranking else len(self.skipped))
+        if self._ranking:
+            self._rank(index, output.similarity)
 
-    def _rank(self, step: int, similarity: dict[int, float]) -> None:
+    def _rank(self, step: int, similarity) -> None:
         self.skipped = least_important_layers(similarity, self.skip_count, self.num_layers,
                                               self.cfg.protect_first_last)
         c = self.counters
         c.rankings += 1
         c.ranking_steps.append(step)
         c.skip_sets.append((step, list(self.skipped)))
-        self.last_similarity = dict(similarity)
-
-    @torch.no_grad()
-    def _scout_similarity(self) -> dict[int, float]:
-        """Full-depth forward of the prompt without its image tokens; last-token similarity per layer."""
-        model, inputs = self.bundle.model, self.inputs
-        ids = inputs.input_ids
-        L = ids.shape[1]
-        device = ids.device
-        pos = torch.arange(L, device=device)
-        keep = pos[(pos < self.image_start) | (pos >= self.image_start + self.image_count)]
-        embeds = model.showo.model.embed_tokens(ids[:, keep])
-        c = model.time_conditioning(torch.ones(1, device=device))
-        embeds[:, inputs.time_offset] = model.time_token(c).to(embeds.dtype)  # time token (before the image)
-        start, length = inputs.attention_block
-        offsets = torch.tensor([start], device=device)
-        mask = omni_attention_mask(L, offsets, length, model.dtype)[:, :, keep][:, :, :, keep]
-        probe = LastTokenSimilarityProbe()
-        model.run_backbone(embeds, keep[None], mask, ExecutionPlan(ffn_ranges=self.ffn_ranges, probe=probe))
-        return probe.similarity
 
     def stats(self) -> dict:
         c = self.counters
@@ -361,7 +183,6 @@ class FlashUUnderstandingSession:
             "prefill_tokens_kept": c.prefill_tokens_kept,
             "layers_to_skip": self.skip_count,
             "prefill_layers_skipped": c.prefill_layers_skipped,
-            "prefill_skip_source": self.prefill_skip_source,
             "skipped_layers_fill_kv": self.cfg.fill_skipped_kv,
             "layer_rankings": c.rankings,
             "ranking_steps": list(c.ranking_steps),
@@ -378,16 +199,13 @@ class FlashUUnderstandingPolicy:
     """Implements ``UnderstandingPolicy``: one :class:`FlashUUnderstandingSession` per answer.
 
     ``calibrated_similarity``: per-layer last-token similarity from understanding calibration, the prefill's skip
-    set when ``skip_in_prefill`` (``None``: a scout pass ranks the layers instead)."""
+    set when ``skip_in_prefill``."""
 
     config: UnderstandingAccelConfig
     ffn_ranges: list | None
     name: str = "flashu"
     calibrated_similarity: list[float] | None = None
 
-    def __post_init__(self):
-        self.config.validate()
-
     def start(self, bundle, inputs) -> FlashUUnderstandingSession:
-        return FlashUUnderstandingSession(self.config, bundle, inputs, self.ffn_ranges, name=self.name,
-                                          calibrated_similarity=self.calibrated_similarity)
+        return FlashUUnderstandingSession(self.config, bundle.config.llm.num_layers, inputs, self.ffn_ranges,
+                                          name=self.name, calibrated_similarity=self.calibrated_similarity)

@@ -53,9 +53,9 @@ def resolve_checkpoint_dir(name_or_path: str) -> Path:
     if path.exists():
         raise CheckpointError(f"{name_or_path} is a file; pass the model directory that holds it")
     if not _looks_like_hub_id(name_or_path):
-        from ..config import PRESET_NAMES
+        from ..config import MODEL_PRESET_NAMES
 
-        raise CheckpointError(f"no such model directory: {name_or_path} (presets are {', '.join(PRESET_NAMES)}; "
+        raise CheckpointError(f"no such model directory: {name_or_path} (presets are {', '.join(MODEL_PRESET_NAMES)}; "
                               "hub ids look like owner/name)")
 
     from huggingface_hub import snapshot_download

@@ -10,7 +10,7 @@ import torch
 
 from ..bundle import Showo2Bundle
 from .checkpoint import load_into, read_state_dict, resolve_checkpoint_dir, write_safetensors
-from ..config import PRESET_NAMES, Showo2Config, load_config_file, preset
+from ..config import MODEL_PRESET_NAMES, Showo2Config, load_config_file, preset
 from ..errors import CheckpointError, FlashuError
 from ..model import Showo2
 from .tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
@@ -71,7 +71,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
         bundle = load_model(str(directory), dtype=dt, device=dev, seed=seed)
         bundle.source = TESTBED
         return bundle
-    if name_or_path.lower() in PRESET_NAMES:
+    if name_or_path.lower() in MODEL_PRESET_NAMES:
         return _random_preset(name_or_path.lower(), dt, dev, seed)
     directory = resolve_checkpoint_dir(name_or_path)
     config_file = directory / "config.json"

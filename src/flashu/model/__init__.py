@@ -1,11 +1,12 @@
 from .plan import BASELINE, ExecutionPlan, Probe, ProbeGroup, TokenSelector
+from .cache import KVCache, additive_mask, omni_attention_mask
 from .showo2 import (
-    UNDERSTANDING_LAYOUTS, BackboneOutput, GenerationInputs, GenerationOutput, KVCache, Showo2, UnderstandingInputs,
-    omni_attention_mask, patchify_targets, unpatchify,
+    UNDERSTANDING_LAYOUTS, BackboneOutput, GenerationInputs, GenerationOutput, Showo2, UnderstandingInputs,
+    patchify_targets, unpatchify,
 )
 
 __all__ = [
-    "BASELINE", "BackboneOutput", "ExecutionPlan", "GenerationInputs", "GenerationOutput", "KVCache", "Probe",
+    "BASELINE", "BackboneOutput", "additive_mask", "ExecutionPlan", "GenerationInputs", "GenerationOutput", "KVCache", "Probe",
     "ProbeGroup", "Showo2", "TokenSelector", "UNDERSTANDING_LAYOUTS", "UnderstandingInputs", "omni_attention_mask",
     "patchify_targets", "unpatchify",
 ]

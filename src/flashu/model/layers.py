@@ -28,9 +28,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(dtype)
 
 
-def layer_norm_fp32(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """LayerNorm in fp32, cast back (the vendored SigLIP LayerNorm)."""
-    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back (the vendored SigLIP LayerNorm); same parameters as nn.LayerNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -119,12 +122,15 @@ class SwiGLU(nn.Module):
 
 def swiglu(mlp: nn.Module, x: torch.Tensor, neurons: tuple[int, int] | None = None,
            probe_hook=None) -> torch.Tensor:
-    """``down(silu(gate(x)) * up(x))`` over all neurons or the contiguous range ``neurons`` (a weight slice,
-    never a copy)."""
-    wg, wu, wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
-    if neurons is not None:
-        start, stop = neurons
-        wg, wu, wd = wg[start:stop], wu[start:stop], wd[:, start:stop]
+    """``down(silu(gate(x)) * up(x))``: all neurons through the modules, or the contiguous range ``neurons`` as
+    weight slices (never copies)."""
+    if neurons is None:
+        act = F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
+        if probe_hook is not None:
+            probe_hook(act)
+        return mlp.down_proj(act)
+    start, stop = neurons
+    wg, wu, wd = mlp.gate_proj.weight[start:stop], mlp.up_proj.weight[start:stop], mlp.down_proj.weight[:, start:stop]
     act = F.silu(F.linear(x, wg)) * F.linear(x, wu)
     if probe_hook is not None:
         probe_hook(act)

@@ -82,8 +82,8 @@ class ExecutionPlan:
         attention_ranges: per decoder layer, the range of GQA KV groups that run (with their query heads).
         head_features: flow-head block outputs to reuse, [B, block_len, D] at the image-block positions
             (``None``: recompute them). The final layer always runs with the current time step.
-        run_backbone: when ``head_features`` is supplied, whether the backbone still runs (its output is then
-            only seen by the probe). ``False`` skips the SigLIP branch, fusion, LLM and flow-head blocks.
+        recompute_backbone: when ``head_features`` is supplied, whether the backbone still runs (its output then
+            only serves measurements). ``False`` skips the SigLIP branch, fusion, LLM and flow-head blocks.
         keep_positions: sequence positions [0, n) kept from the start (``None``: all). Used to drop the tail
             after the image block, which cannot influence it.
         token_selector: visual-token pruning inside the backbone.
@@ -92,18 +92,22 @@ class ExecutionPlan:
             from its input (the residual stream it would have read: exactly the keys/values it would have made),
             so that when it runs again later it attends to the whole context. Costs its input norm and the thin
             k/v projections.
-        probe: observer of the backbone.
+        similarity: measure, per executed decoder layer, the mean cos(input, output) over ``"all"`` positions,
+            the ``"last"`` one, the ``"image"`` blocks (text-to-image) or a bool mask [B, L]; returned in
+            ``BackboneOutput.similarity`` (layer skipping ranks layers by it).
+        probe: observer of the backbone, for tools (calibration, analysis); deciders read outputs instead.
     """
 
     layers: Sequence[int] | None = None
     ffn_ranges: Sequence[tuple[int, int] | None] | None = None
     attention_ranges: Sequence[tuple[int, int] | None] | None = None
     head_features: torch.Tensor | None = None
-    run_backbone: bool = True
+    recompute_backbone: bool = True
     keep_positions: int | None = None
     token_selector: TokenSelector | None = None
     logits: LogitsMode = "none"
     fill_skipped_kv: bool = False
+    similarity: str | torch.Tensor | None = field(default=None, compare=False)
     probe: Probe | None = field(default=None, compare=False)
 
     def with_(self, **changes) -> "ExecutionPlan":

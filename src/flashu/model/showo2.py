@@ -15,45 +15,12 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..config import Showo2Config
+from .cache import KVCache, additive_mask, omni_attention_mask
 from .layers import (
-    FinalLayer, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
-    default_inv_freq, layer_norm_fp32, llama3_inv_freq, modulate, rms_norm, rope_tables, swiglu,
+    FinalLayer, FP32LayerNorm, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
+    default_inv_freq, llama3_inv_freq, modulate, rope_tables, swiglu,
 )
 from .plan import BASELINE, ExecutionPlan
-
-
-def omni_attention_mask(length: int, block_offsets: torch.Tensor, block_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Dense additive omni-attention mask [B, 1, L, L]: causal text, each image block bidirectional in itself."""
-    pos = torch.arange(length, device=block_offsets.device)
-    causal = pos[None, :, None] >= pos[None, None, :]
-    inside = (pos[None, :] >= block_offsets[:, None]) & (pos[None, :] < block_offsets[:, None] + block_len)
-    allowed = causal | (inside[:, :, None] & inside[:, None, :])
-    return additive_mask(allowed[:, None], dtype)
-
-
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
-
-
-class KVCache:
-    """Per-layer key/value store for KV-cached decoding. Layers may hold different lengths (token pruning and
-    layer skipping change what each layer has seen); keys are stored after RoPE."""
-
-    def __init__(self, num_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-    def length(self, layer: int) -> int:
-        k = self.keys[layer]
-        return 0 if k is None else k.shape[2]
 
 
 @dataclass
@@ -61,6 +28,8 @@ class BackboneOutput:
     hidden: torch.Tensor  # post-norm final states [B, L', H] (L' < L after token pruning)
     logits: torch.Tensor | None
     positions: torch.Tensor  # positions of the surviving rows [B, L']
+    # per decoder layer, mean cos(input, output) over the tokens ``plan.similarity`` chose (NaN: not executed)
+    similarity: torch.Tensor | None = None
 
 
 @dataclass
@@ -151,6 +120,8 @@ class Showo2(nn.Module):
             hidden_size=vis.hidden_size, intermediate_size=vis.intermediate_size, num_hidden_layers=vis.num_layers,
             num_attention_heads=vis.num_heads, layer_norm_eps=vis.layer_norm_eps, hidden_act="gelu_pytorch_tanh",
         ))
+        for layer in self.und_trans.layers:  # the vendored SigLIP LayerNorm computes in fp32 (same parameters)
+            layer.layer_norm1.__class__ = layer.layer_norm2.__class__ = FP32LayerNorm
         fused = vis.hidden_size + llm.hidden_size
         self.fusion_proj = nn.Sequential(
             RMSNorm(fused, 1e-6), nn.Linear(fused, llm.hidden_size), nn.GELU(), nn.Linear(llm.hidden_size, llm.hidden_size)
@@ -193,7 +164,15 @@ class Showo2(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.showo.model.embed_tokens.weight.device
+        """Where the forward runs: the embeddings' device, or the execution device of an offload hook (whose
+        weights wait on the meta device between calls)."""
+        embed = self.showo.model.embed_tokens
+        if embed.weight.device.type == "meta":
+            hook = getattr(embed, "_hf_hook", None)
+            device = getattr(hook, "execution_device", None)
+            if device is not None:
+                return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        return embed.weight.device
 
     def tie_weights_if_needed(self) -> None:
         if self.config.llm.tie_word_embeddings:
@@ -223,8 +202,8 @@ class Showo2(nn.Module):
     # ------------------------------------------------------------------ visual branches
     def position_table(self, grid: int) -> torch.Tensor:
         """SigLIP position embeddings for a ``grid``×``grid`` token grid (bicubic-interpolated if needed)."""
-        table = self.position_embedding.weight
         g0 = self.config.vision.position_grid
+        table = self.position_embedding(torch.arange(g0 * g0, device=self.device))
         if grid == g0:
             return table
         # in the weight dtype, as the official interpolate_pos_encoding
@@ -239,14 +218,14 @@ class Showo2(nn.Module):
         heads = self.config.vision.num_heads
         for layer in self.und_trans.layers:
             attn = layer.self_attn
-            h = layer_norm_fp32(x, layer.layer_norm1)
+            h = layer.layer_norm1(x)
             B, L, _ = h.shape
             q = attn.q_proj(h).view(B, L, heads, -1).transpose(1, 2)
             k = attn.k_proj(h).view(B, L, heads, -1).transpose(1, 2)
             v = attn.v_proj(h).view(B, L, heads, -1).transpose(1, 2)
             o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, -1)
             x = x + attn.out_proj(o)
-            h = layer_norm_fp32(x, layer.layer_norm2)
+            h = layer.layer_norm2(x)
             x = x + layer.mlp.fc2(F.gelu(layer.mlp.fc1(h), approximate="tanh"))
         return x
 
@@ -276,32 +255,39 @@ class Showo2(nn.Module):
     # ------------------------------------------------------------------ LLM backbone
     def run_backbone(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                      plan: ExecutionPlan = BASELINE, cache: KVCache | None = None) -> BackboneOutput:
-        """The Qwen2 decoder under ``plan``. ``mask``: additive [B, 1, L, Lk] (``None``: attend to everything,
-        the single-token decoding case). With ``cache``, new keys/values are appended and attention covers them."""
+        """The Qwen2 decoder under ``plan``.
+
+        ``mask``: additive [B, 1, L, L] over the new positions (the prefill's omni mask); ``None`` with a ``cache``:
+        the new positions see the whole cache and, causally, each other (decoding); ``None`` without a cache: full
+        attention. With ``cache``, each executed layer writes its new keys/values into it.
+
+        The baseline plan runs every layer through its modules (``layer.mlp.gate_proj(x)``…), so hooks that
+        offload or dispatch weights see every call; a plan with neuron or head ranges slices the weights instead.
+        """
         cfg = self.config.llm
         cos, sin = rope_tables(self.llm_inv_freq, positions, embeds.dtype)
         x = embeds
         probe, selector = plan.probe, plan.token_selector
         selected = selector is None
-        layer_ids = range(cfg.num_layers) if plan.layers is None else plan.layers
-        fill = None
+        executed = range(cfg.num_layers) if plan.layers is None else plan.layers
+        fill = ()
         if plan.fill_skipped_kv and cache is not None and plan.layers is not None:
-            fill = set(range(cfg.num_layers)) - set(plan.layers)
-            layer_ids = sorted(set(plan.layers) | fill)
-        for i in layer_ids:
+            fill = sorted(set(range(cfg.num_layers)) - set(plan.layers))
+        similarity = None
+        if plan.similarity is not None:
+            similarity = torch.full((cfg.num_layers,), float("nan"), device=x.device)
+        if cache is not None:
+            cache.reserve(x.shape[1])
+        for i in sorted(set(executed) | set(fill)):
             layer = self.layers[i]
-            attn = layer.self_attn
-            if fill is not None and i in fill:
-                self._append_kv(i, x, cos, sin, plan, cache)
+            if i in fill:
+                self._write_skipped_kv(i, x, cos, sin, plan, cache)
                 continue
             x_in = x
-            h = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
+            h = layer.input_layernorm(x)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "qkv", h)
-            B, L, _ = h.shape
-            wq, bq, wk, bk, wv, bv, wo = _attention_weights(attn, plan.attention_range(i), cfg)
-            q = apply_rope(F.linear(h, wq, bq).view(B, L, -1, cfg.head_dim).transpose(1, 2), cos, sin)
-            k, v = _keys_values(h, wk, bk, wv, bv, cos, sin, cfg.head_dim)
+            q, k, v = self._qkv(layer.self_attn, h, cos, sin, plan.attention_range(i))
             if not selected and i >= selector.layer:
                 keep = selector.select(v, k, x, q if getattr(selector, "needs_queries", False) else None)
                 selected = True
@@ -309,39 +295,71 @@ class Showo2(nn.Module):
                     keep, x, x_in, q, k, v, cos, sin, positions, mask)
             layer_mask = mask
             if cache is not None:
-                past = cache.length(i)
-                k, v = cache.update(i, k, v)
-                if mask is None and q.shape[2] > 1:  # several new tokens: causal among them, all of the past
-                    layer_mask = _causal_after(past, q.shape[2], q.dtype, q.device)
-            o = attention(q, k, v, layer_mask).transpose(1, 2).reshape(B, q.shape[2], -1)
+                start = cache.write(i, k, v)
+                if mask is None:  # decoding: attend to the cache
+                    k, v, width = cache.span(i)
+                    layer_mask = cache.attend_mask(start, q.shape[2], width, q.dtype)
+            B, n = q.shape[0], q.shape[2]
+            o = attention(q, k, v, layer_mask).transpose(1, 2).reshape(B, n, -1)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "o", o)
-            x = x + F.linear(o, wo)
-            h = rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
+            x = x + self._o_proj(layer.self_attn, o, plan.attention_range(i))
+            h = layer.post_attention_layernorm(x)
+            hook = None
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "gate_up", h)
                 hook = lambda act, i=i: probe.linear_inputs(i, "down", act)  # noqa: E731
-            else:
-                hook = None
             x = x + swiglu(layer.mlp, h, plan.ffn_range(i), hook)
+            if similarity is not None:
+                similarity[i] = _mean_cosine(x_in, x, plan.similarity)
             if probe is not None:
                 probe.layer_io(i, x_in, x)
-        hidden = rms_norm(x, self.showo.model.norm.weight, cfg.rms_norm_eps)
+        hidden = self.showo.model.norm(x)
         logits = None
         if plan.logits == "last":
             logits = self.showo.lm_head(hidden[:, -1:])
         elif plan.logits == "all":
             logits = self.showo.lm_head(hidden)
-        return BackboneOutput(hidden=hidden, logits=logits, positions=positions)
+        return BackboneOutput(hidden=hidden, logits=logits, positions=positions, similarity=similarity)
 
-    def _append_kv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: ExecutionPlan,
-                   cache: KVCache) -> None:
-        """Keys/values of skipped layer ``i`` from its input ``x``, appended to ``cache`` (``fill_skipped_kv``)."""
-        cfg = self.config.llm
+    def _qkv(self, attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+             groups: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys (both after RoPE) and values [B, heads, L, d] of one decoder layer (the KV-group range
+        ``groups`` only, if given)."""
+        B, L, _ = h.shape
+        d = self.config.llm.head_dim
+        if groups is None:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        else:
+            (wq, bq), (wk, bk), (wv, bv) = _group_slices(attn, groups, self.config.llm)
+            q, k, v = F.linear(h, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+        q = apply_rope(q.view(B, L, -1, d).transpose(1, 2), cos, sin)
+        k = apply_rope(k.view(B, L, -1, d).transpose(1, 2), cos, sin)
+        return q, k, v.view(B, L, -1, d).transpose(1, 2)
+
+    def _o_proj(self, attn: nn.Module, o: torch.Tensor, groups: tuple[int, int] | None) -> torch.Tensor:
+        if groups is None:
+            return attn.o_proj(o)
+        g0, g1 = groups
+        rows = self.config.llm.num_heads // self.config.llm.num_kv_heads * self.config.llm.head_dim
+        return F.linear(o, attn.o_proj.weight[:, g0 * rows:g1 * rows])
+
+    def _write_skipped_kv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: ExecutionPlan,
+                          cache: KVCache) -> None:
+        """Keys/values of skipped layer ``i`` from its input ``x``, written to ``cache`` (``fill_skipped_kv``): the
+        exact keys/values the layer would have made from that input."""
         layer = self.layers[i]
-        h = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
-        _, _, wk, bk, wv, bv, _ = _attention_weights(layer.self_attn, plan.attention_range(i), cfg)
-        cache.update(i, *_keys_values(h, wk, bk, wv, bv, cos, sin, cfg.head_dim))
+        h = layer.input_layernorm(x)
+        groups = plan.attention_range(i)
+        B, L, _ = h.shape
+        d = self.config.llm.head_dim
+        if groups is None:
+            k, v = layer.self_attn.k_proj(h), layer.self_attn.v_proj(h)
+        else:
+            _, (wk, bk), (wv, bv) = _group_slices(layer.self_attn, groups, self.config.llm)
+            k, v = F.linear(h, wk, bk), F.linear(h, wv, bv)
+        k = apply_rope(k.view(B, L, -1, d).transpose(1, 2), cos, sin)
+        cache.write(i, k, v.view(B, L, -1, d).transpose(1, 2))
 
     # ------------------------------------------------------------------ flow head
     def run_head_blocks(self, hidden: torch.Tensor, c: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
@@ -383,7 +401,7 @@ class Showo2(nn.Module):
         c = self.time_conditioning(t)
         backbone = None
         features = plan.head_features
-        if features is None or plan.run_backbone:
+        if features is None or plan.recompute_backbone:
             length = inputs.input_ids.shape[1] if plan.keep_positions is None else plan.keep_positions
             ids = inputs.input_ids[:, :length]
             mask = inputs.mask[..., :length, :length]
@@ -391,6 +409,8 @@ class Showo2(nn.Module):
             embeds = self.place_image_block(embeds, inputs.block_offsets, self.time_token(c),
                                             self.image_tokens(latents))
             positions = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
+            if isinstance(plan.similarity, str) and plan.similarity == "image":
+                plan = plan.with_(similarity=_block_mask(length, inputs.block_offsets, inputs.block_len))
             with record_function("flashu.llm"):
                 backbone = self.run_backbone(embeds, positions, mask, plan)
             if features is None:
@@ -458,30 +478,28 @@ def patchify_targets(latents: torch.Tensor, patch: int) -> torch.Tensor:
     return latents.reshape(B, C, H * W).transpose(1, 2).reshape(B, (H * W) // (patch * patch), patch * patch * C)
 
 
-def _causal_after(past: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Additive mask [1, 1, n, past + n]: ``n`` new tokens see the whole past and, causally, each other."""
-    allowed = torch.ones(n, past + n, dtype=torch.bool, device=device).tril(past)
-    return additive_mask(allowed[None, None], dtype)
-
-
-def _keys_values(h, wk, bk, wv, bv, cos, sin, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A decoder layer's keys (after RoPE) and values [B, kv_heads, L, head_dim] from its normed input ``h``."""
-    B, L, _ = h.shape
-    k = F.linear(h, wk, bk).view(B, L, -1, head_dim).transpose(1, 2)
-    v = F.linear(h, wv, bv).view(B, L, -1, head_dim).transpose(1, 2)
-    return apply_rope(k, cos, sin), v
-
-
-def _attention_weights(attn: nn.Module, groups: tuple[int, int] | None, cfg):
-    """q/k/v/o weights of the whole attention or of the KV-group range ``groups`` (slices, never copies)."""
-    wq, bq, wk, bk = attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias
-    wv, bv, wo = attn.v_proj.weight, attn.v_proj.bias, attn.o_proj.weight
-    if groups is None:
-        return wq, bq, wk, bk, wv, bv, wo
+def _group_slices(attn: nn.Module, groups: tuple[int, int], cfg):
+    """(weight, bias) of q/k/v restricted to the KV-group range ``groups`` (slices, never copies)."""
     g0, g1 = groups
     q_rows = cfg.num_heads // cfg.num_kv_heads * cfg.head_dim
     qs, ks = slice(g0 * q_rows, g1 * q_rows), slice(g0 * cfg.head_dim, g1 * cfg.head_dim)
-    return wq[qs], bq[qs], wk[ks], bk[ks], wv[ks], bv[ks], wo[:, qs]
+    return ((attn.q_proj.weight[qs], attn.q_proj.bias[qs]), (attn.k_proj.weight[ks], attn.k_proj.bias[ks]),
+            (attn.v_proj.weight[ks], attn.v_proj.bias[ks]))
+
+
+def _block_mask(length: int, block_offsets: torch.Tensor, block_len: int) -> torch.Tensor:
+    """Bool [B, L]: the image-block positions (time token + image tokens) of each row."""
+    pos = torch.arange(length, device=block_offsets.device)
+    return (pos[None] >= block_offsets[:, None]) & (pos[None] < block_offsets[:, None] + block_len)
+
+
+def _mean_cosine(a: torch.Tensor, b: torch.Tensor, tokens) -> torch.Tensor:
+    """Mean cos(a, b) over positions: ``"all"``, ``"last"`` or a bool mask [B, L] (no data-dependent shapes)."""
+    cos = F.cosine_similarity(a.float(), b.float(), dim=-1)  # [B, L]
+    if isinstance(tokens, str):
+        return cos[:, -1].mean() if tokens == "last" else cos.mean()
+    weights = tokens[:, : cos.shape[1]].to(cos.dtype)
+    return (cos * weights).sum() / weights.sum()
 
 
 def _gather_positions(keep, x, x_in, q, k, v, cos, sin, positions, mask):

@@ -36,14 +36,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..accel.calibration import CALIBRATION_STEPS, ProbePolicy, ProbeSession, default_pairs, default_prompts
-from ..accel.generation import LayerSimilarityProbe, image_block_mask
+from ..accel.calibration import CALIBRATION_STEPS, calibration_items
 from ..accel.importance import ActivationNormProbe, scores_from_norms
 from ..accel.pruning import top_set
-from ..accel.understanding import LastTokenSimilarityProbe
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
-from ..model import BASELINE, Probe
+from ..model import ExecutionPlan, Probe
 
 SCHEMA = "flashu-specialization"
 SCHEMA_VERSION = 1
@@ -54,68 +52,59 @@ SHARES = ("generation_only", "both", "understanding_only")
 
 
 # ---------------------------------------------------------------------------------------------- forwards
-class SpecializationProbe(ActivationNormProbe):
-    """Σ x² per input feature of every decoder linear map (Wanda and the leave-one-out scores) plus the mean
-    per-layer input/output cosine similarity over all forwards (one similarity probe per request)."""
+class _Collect:
+    """Pipeline step observer: attaches ``probe`` to every forward, asks the model for the per-layer input/output
+    similarity over ``scope`` and averages what the forwards return."""
 
-    def __init__(self, num_layers: int):
-        super().__init__(num_layers)
-        self.similarity_probe: LayerSimilarityProbe | None = None
-        self._cos_sum = [0.0] * num_layers
-        self._cos_count = [0] * num_layers
+    def __init__(self, probe: Probe, scope: str, num_layers: int):
+        self.probe, self.scope = probe, scope
+        self.sums = torch.zeros(num_layers, dtype=torch.float64)
+        self.counts = torch.zeros(num_layers, dtype=torch.float64)
 
-    def begin(self, similarity_probe: LayerSimilarityProbe) -> None:
-        """Measure similarity with ``similarity_probe`` (its token selection) from the next forward on."""
-        self.similarity_probe = similarity_probe
+    def plan(self, step: int, plan: ExecutionPlan) -> ExecutionPlan:
+        return plan.with_(probe=self.probe, similarity=self.scope)
 
-    def layer_io(self, layer: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> None:
-        probe = self.similarity_probe
-        if probe is None:
+    def observe(self, step: int, plan: ExecutionPlan, output) -> None:
+        backbone = getattr(output, "backbone", output)
+        if backbone is None or backbone.similarity is None:
             return
-        probe.layer_io(layer, hidden_in, hidden_out)
-        self._cos_sum[layer] += probe.similarity[layer]
-        self._cos_count[layer] += 1
+        value = backbone.similarity.double().cpu()
+        seen = ~torch.isnan(value)
+        self.sums[seen] += value[seen]
+        self.counts[seen] += 1
 
     def similarity(self) -> list[float | None]:
-        return [s / n if n else None for s, n in zip(self._cos_sum, self._cos_count)]
-
-
-class _Session(ProbeSession):
-    """The exact baseline session of calibration, also measuring similarity over this request's image block."""
-
-    def __init__(self, inputs, steps, guidance, probe):
-        if isinstance(probe, SpecializationProbe):
-            probe.begin(LayerSimilarityProbe(image_block_mask(inputs)))
-        super().__init__(inputs, steps, guidance, probe)
+        return [float(s / n) if n else None for s, n in zip(self.sums, self.counts)]
 
 
 def task_forwards(bundle: Showo2Bundle, task: str, items: Sequence, probe: Probe, *,
                   steps: int = CALIBRATION_STEPS, guidance: float | None = None, seed: int = 0,
-                  progress: bool = False) -> None:
-    """Run ``task``'s real forwards on ``items`` with ``probe`` attached to every backbone forward.
+                  progress: bool = False) -> list[float | None]:
+    """Run ``task``'s real forwards on ``items`` with ``probe`` attached to every backbone forward; returns the mean
+    per-layer input/output cosine similarity (t2i: over the image blocks; mmu: the last prefill position).
 
-    ``t2i``: ``items`` are prompts; each is generated (``steps`` grid points, seed ``seed``, exact trims, no VAE
-    decode) exactly like calibration. ``mmu``: ``items`` are (image, question) pairs; each runs the understanding
-    prefill (no decoding).
+    ``t2i``: ``items`` are prompts; each is generated (``steps`` grid points, seed ``seed``, no VAE decode) exactly
+    like calibration. ``mmu``: ``items`` are (image, question) pairs; each runs the understanding prefill.
     """
     from ..pipelines.mmu import build_understanding_inputs
     from ..pipelines.t2i import generate
 
+    num_layers = bundle.config.llm.num_layers
     if task == "t2i":
+        collect = _Collect(probe, "image", num_layers)
         for prompt in tqdm(items, desc="analysis t2i", unit="prompt", disable=not progress):
-            policy = ProbePolicy(probe, session=_Session, name="analysis")
-            generate(bundle, prompt, steps=steps, guidance=guidance, seed=seed, policy=policy, progress=False,
-                     decode=False)
-        return
+            generate(bundle, prompt, steps=steps, guidance=guidance, seed=seed, progress=False, decode=False,
+                     observer=collect)
+        return collect.similarity()
     if task != "mmu":
         raise FlashuError(f"unknown task {task!r}; use t2i or mmu")
-    plan = BASELINE.with_(probe=probe)
+    collect = _Collect(probe, "last", num_layers)
     with torch.no_grad():
         for image, question in tqdm(items, desc="analysis mmu", unit="pair", disable=not progress):
-            if isinstance(probe, SpecializationProbe):
-                probe.begin(LastTokenSimilarityProbe())
             inputs = build_understanding_inputs(bundle, image, question)
-            bundle.model.forward_understanding(inputs, plan)
+            plan = collect.plan(-1, ExecutionPlan())
+            collect.observe(-1, plan, bundle.model.forward_understanding(inputs, plan))
+    return collect.similarity()
 
 
 # ---------------------------------------------------------------------------------------------- scores
@@ -179,8 +168,8 @@ def specialization(bundle: Showo2Bundle, *, samples: int = 20, top_fraction: flo
                    guidance: float | None = None, include_scores: bool = False) -> dict:
     """The specialization analysis of ``bundle`` (see the module docstring); a JSON-serialisable dict.
 
-    ``samples`` prompts (default: flashu's calibration prompts) and image/question pairs (default: the shapes
-    world's train split) — or give ``prompts``/``pairs`` (e.g. from ``read_prompts``/``read_pairs``).
+    ``samples`` prompts and image/question pairs (default: the model's calibration data, see
+    :mod:`flashu.accel.calibration`) — or give ``prompts``/``pairs`` (e.g. from ``read_prompts``/``read_pairs``).
     ``include_scores`` adds every neuron's scores (``scores[method][task]``, [L][d_ff]); large for real models.
     """
     if samples < 1:
@@ -189,19 +178,19 @@ def specialization(bundle: Showo2Bundle, *, samples: int = 20, top_fraction: flo
         raise FlashuError("analyse the unaccelerated model: call flashu.restore(bundle) first")
     model = bundle.model
     num_layers = bundle.config.llm.num_layers
-    items = {"t2i": list(prompts or default_prompts())[:samples],
-             "mmu": list(pairs or default_pairs(samples))[:samples]}
+    items = {"t2i": list(prompts or calibration_items(bundle, "t2i", samples)[1])[:samples],
+             "mmu": list(pairs or calibration_items(bundle, "mmu", samples)[1])[:samples]}
     methods = METHODS if loo else ("wanda",)
     scores: dict[str, dict[str, torch.Tensor]] = {m: {} for m in methods}
     similarity, tokens = {}, {}
     for task in TASKS:
-        probe = SpecializationProbe(num_layers)
-        task_forwards(bundle, task, items[task], probe, steps=steps, guidance=guidance, progress=progress)
+        probe = ActivationNormProbe(num_layers)
+        similarity[task] = task_forwards(bundle, task, items[task], probe, steps=steps, guidance=guidance,
+                                         progress=progress)
         n = len(items[task])
         scores["wanda"][task] = scores_from_norms(model, probe, task, n).ffn.float()
         if loo:
             scores["loo"][task] = loo_scores(model, probe, n)
-        similarity[task] = probe.similarity()
         tokens[task] = probe.tokens
 
     result = {

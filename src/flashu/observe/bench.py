@@ -15,6 +15,7 @@ Configuration names: ``none``, ``exact``, any FlashU preset (``flashu accel-pres
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import statistics
 import threading
@@ -25,9 +26,11 @@ from typing import Callable
 import torch
 
 from ..accel.api import accelerate, restore
-from ..accel.config import FlashUConfig, accel_preset
+from ..accel.config import FlashUConfig
+from ..accel.spec import resolve_accel
+from ..pipelines.timing import DeviceClock
 from ..bundle import Showo2Bundle
-from ..errors import ConfigError, FlashuError
+from ..errors import FlashuError
 from .metrics import exact_match, psnr, relative_l2, ssim, token_agreement
 
 SCHEMA = "flashu-bench"
@@ -35,55 +38,6 @@ SCHEMA_VERSION = 1
 COMPONENTS = ("siglip", "fusion", "llm", "flow_head", "vae", "decode_loop")
 DEFAULT_PROMPTS = ("a red circle left of a blue square", "a lighthouse on a cliff at sunset")
 DEFAULT_QUESTIONS = ("What color is the circle?", "How many shapes are there?")
-
-
-# ---------------------------------------------------------------------------------------------- configurations
-def parse_config(spec: str, task: str) -> FlashUConfig | str:
-    """``none``/``exact`` stay names; anything else becomes a FlashUConfig restricted to ``task``."""
-    if spec in ("none", "exact"):
-        return spec
-    name, _, overrides = spec.partition(":")
-    cfg = accel_preset(name)
-    cfg.name = spec
-    for item in filter(None, overrides.split(",")):
-        key, eq, value = item.partition("=")
-        section, dot, field_name = key.strip().partition(".")
-        part = getattr(cfg, section, None) if dot else None
-        if not eq or part is None or not hasattr(part, field_name):
-            raise ConfigError(f"bad override {item!r} in {spec!r}; use SECTION.FIELD=VALUE, e.g. "
-                              "generation.prune_ratio=0.3")
-        current = getattr(part, field_name)
-        setattr(part, field_name, _coerce(value.strip(), current, item))
-    if task == "t2i":
-        cfg.understanding = None
-    else:
-        cfg.generation = None
-    return cfg.validate()
-
-
-def _coerce(value: str, current, item: str):
-    try:
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        return type(current)(value)
-    except ValueError:
-        raise ConfigError(f"bad value in override {item!r}: expected {type(current).__name__}") from None
-
-
-def split_configs(text: str) -> list[str]:
-    """``"none,paper:a.b=1,c.d=2,plus"`` → ``["none", "paper:a.b=1,c.d=2", "plus"]``: a piece with ``=`` and no
-    ``:`` continues the previous configuration's overrides (names never contain ``=``)."""
-    specs: list[str] = []
-    for piece in (p.strip() for p in text.split(",")):
-        if not piece:
-            continue
-        if specs and "=" in piece and ":" not in piece and ":" in specs[-1]:
-            specs[-1] += "," + piece
-        else:
-            specs.append(piece)
-    return specs
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -170,59 +124,44 @@ class TaskInputs:
 
 
 def default_images(bundle: Showo2Bundle, count: int) -> list:
-    from ..testbed.world import iter_split
+    """Benchmark images when none are given: flashu's synthetic calibration-style images at the model's size."""
+    from ..accel.calibration import synthetic_pairs
 
-    size = bundle.config.image_size
-    return [ex.image.resize((size, size)) for ex in iter_split("test", count)]
+    return [image for image, _ in synthetic_pairs(count, bundle.config.image_size, seed=1)]
 
 
 class ConfigRunner:
-    """Applies a configuration, runs the task once, restores."""
+    """Applies a configuration through the front door, runs the task once, restores. Importance scores are kept
+    per task across configurations (and come from the calibration cache the first time)."""
 
     def __init__(self, bundle: Showo2Bundle, task: str, inputs: TaskInputs, scores: dict, calibration_samples: int,
                  progress: bool):
         self.bundle, self.task, self.inputs = bundle, task, inputs
         self.scores, self.calibration_samples, self.progress = scores, calibration_samples, progress
 
-    def apply(self, config):
-        """Apply ``config`` to the bundle; returns (explicit policy or None, whether accelerate() was applied)."""
-        from ..pipelines.mmu import BaselineUnderstanding
-        from ..pipelines.t2i import BaselinePolicy
-
-        if config == "none":
-            return (BaselinePolicy() if self.task == "t2i" else BaselineUnderstanding()), False
-        if config == "exact":
-            return (BaselinePolicy(exact=True) if self.task == "t2i" else BaselineUnderstanding()), False
-        needs = config.needs_generation_scores if self.task == "t2i" else config.needs_understanding_scores
-        if needs and self.task not in self.scores:
-            from ..accel.calibration import calibrate
-
-            self.scores[self.task] = calibrate(self.bundle, self.task, samples=self.calibration_samples,
-                                               progress=self.progress)
-        accelerate(self.bundle, config, scores=self.scores, progress=self.progress)
-        return None, True
-
-    def run(self, config, wrap: Callable[[Callable], object] = lambda f: f()):
-        policy, applied = self.apply(config)
+    def run(self, config: FlashUConfig, wrap: Callable[[Callable], object] = lambda f: f()):
+        acc = accelerate(self.bundle, config, task=self.task, scores=self.scores, progress=self.progress,
+                         calibration_samples=self.calibration_samples)
+        self.scores.update(acc.scores or {})
         try:
-            return wrap(lambda: self._once(policy))
+            return wrap(self._once)
         finally:
-            if applied:
-                restore(self.bundle)
+            restore(self.bundle)
 
-    def _once(self, policy):
+    def _once(self):
         from ..pipelines.mmu import answer
         from ..pipelines.t2i import generate
 
         i = self.inputs
-        t0 = time.perf_counter()
+        clock = DeviceClock(self.bundle.device)
+        t0 = clock()
         if self.task == "t2i":
             result = generate(self.bundle, i.prompts, steps=i.steps, guidance=i.guidance, seed=i.seed,
-                              policy=policy, progress=False)
-            return time.perf_counter() - t0, result
-        answers = [answer(self.bundle, img, q, max_new_tokens=i.max_new_tokens, policy=policy, ignore_eos=True)
+                              progress=False)
+            return clock() - t0, result
+        answers = [answer(self.bundle, img, q, max_new_tokens=i.max_new_tokens, ignore_eos=True)
                    for img, q in zip(i.images, i.questions)]
-        return time.perf_counter() - t0, answers
+        return clock() - t0, answers
 
 
 def _summary(task: str, result) -> dict:
@@ -262,7 +201,7 @@ def run_task(bundle: Showo2Bundle, task: str, config_specs: list[str], *, repeat
         inputs.images = default_images(bundle, len(inputs.questions))
     if task == "mmu" and len(inputs.images) != len(inputs.questions):
         raise FlashuError("give as many questions as images")
-    configs = {spec: parse_config(spec, task) for spec in config_specs}
+    configs = {spec: resolve_accel(spec, task) for spec in config_specs}
     runner = ConfigRunner(bundle, task, inputs, dict(scores or {}), calibration_samples, progress)
     names = list(configs)
     total = len(names) * (repeats + 1 + (1 if instrument else 0))
@@ -419,3 +358,15 @@ def plot(report: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def strict_json(value):
+    """``value`` with every NaN or infinity replaced by ``None`` (JSON has neither; ``json`` would write
+    ``NaN``/``Infinity``, which strict parsers reject)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

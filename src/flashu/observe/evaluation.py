@@ -23,11 +23,11 @@ independent of sharding and resumption.
 
 **Understanding** (:func:`eval_mmu`): JSONL lines ``{"image", "question", "answer"}`` (optional ``"id"``; relative
 image paths are relative to the file), answered greedily; a prediction is correct when it equals the answer after
-:func:`flashu.testbed.checker.normalise_answer` (lower case, punctuation dropped, digits spelled). Predictions go to
+:func:`flashu.observe.metrics.normalise_answer` (lower case, punctuation dropped, digits spelled). Predictions go to
 ``out_dir/<config>/predictions.jsonl``; accuracy per configuration to the report.
 
-**Configurations** are :func:`flashu.observe.bench.parse_config` names (``none``, ``exact``, presets, presets with
-overrides). FlashU importance scores are calibrated once per task (rank 0, cached in
+**Configurations** are acceleration specs (:mod:`flashu.accel.spec`: ``none``, ``exact``, presets, presets with
+overrides, JSON files). FlashU importance scores are calibrated once per task (rank 0, cached in
 ``out_dir/.flashu/scores-<task>-<samples>.safetensors``) and shared by every configuration and rank.
 
 **Resuming**: an item whose files exist and are valid images (GenEval: and whose ``metadata.jsonl`` matches), or
@@ -60,9 +60,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import distributed
-from ..accel.api import restore
+from ..accel.api import accelerated
 from ..accel.importance import ImportanceScores
-from .bench import ConfigRunner, TaskInputs, parse_config, split_configs
+from ..accel.spec import resolve_accel, split_specs
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 
@@ -324,25 +324,19 @@ def _start_runs(bundle: Showo2Bundle, task: str, parsed: dict, dirs: dict, out: 
 # ---------------------------------------------------------------------------------------------- configurations
 @contextmanager
 def _configured(bundle: Showo2Bundle, task: str, config, scores: dict, calibration_samples: int,
-                progress: bool) -> Iterator:
-    """``config`` applied to ``bundle`` (the bench's runner), yielding the policy to pass (``None``: the
-    accelerated bundle's own); restored afterwards."""
-    runner = ConfigRunner(bundle, task, TaskInputs(), scores, calibration_samples, progress)
-    policy, applied = runner.apply(config)
-    try:
-        yield policy
-    finally:
-        if applied:
-            restore(bundle)
+                progress: bool) -> Iterator[None]:
+    """``config`` applied to ``bundle`` through the front door for the block; restored afterwards."""
+    with accelerated(bundle, config, task=task, scores=scores, progress=progress,
+                     calibration_samples=calibration_samples):
+        yield
 
 
 def _shared_scores(bundle: Showo2Bundle, task: str, configs: dict, scores: dict | None, out: Path,
                    samples: int, shard: distributed.Shard, progress: bool) -> dict:
-    """Importance scores for ``task`` when a configuration needs them: given, cached in ``out``, or calibrated
-    once on rank 0 (the other ranks load rank 0's file after a barrier)."""
+    """Importance scores for ``task`` when a configuration needs them: given, cached in ``out``, or from the
+    calibration cache / calibrated once on rank 0 (the other ranks load rank 0's file after a barrier)."""
     scores = dict(scores or {})
-    needs = any(not isinstance(c, str) and (c.needs_generation_scores if task == "t2i"
-                                            else c.needs_understanding_scores) for c in configs.values())
+    needs = any(c.needs_scores(task) for c in configs.values())
     if not needs or task in scores:
         shard.barrier()  # keep the ranks in step either way
         return scores
@@ -356,9 +350,9 @@ def _shared_scores(bundle: Showo2Bundle, task: str, configs: dict, scores: dict 
             except FlashuError:
                 cached = None
         if cached is None:
-            from ..accel.calibration import calibrate
+            from ..accel.calibration import cached_scores
 
-            cached = calibrate(bundle, task, samples=samples, progress=progress)
+            cached = cached_scores(bundle, task, samples=samples, progress=progress)
             cached.save(path)
         scores[task] = cached
     shard.barrier()
@@ -371,11 +365,11 @@ def _prepare(bundle: Showo2Bundle, task: str, configs: Sequence[str] | str, out_
     if getattr(bundle, "acceleration", None) is not None:
         raise FlashuError("evaluate an unaccelerated model (call flashu.restore first); name the configurations "
                           "instead")
-    specs = split_configs(configs) if isinstance(configs, str) else [str(c).strip() for c in configs]
+    specs = split_specs(configs) if isinstance(configs, str) else [str(c).strip() for c in configs]
     specs = [s for s in specs if s]
     if not specs:
         raise FlashuError("no configuration to evaluate")
-    parsed = {spec: parse_config(spec, task) for spec in specs}
+    parsed = {spec: resolve_accel(spec, task) for spec in specs}
     dirs = _config_dirs(specs)
     shard = shard if shard is not None else distributed.init()
     return parsed, dirs, Path(out_dir), shard
@@ -419,12 +413,12 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
         pending = [it for it in mine if not _t2i_done(fmt, config_dir, it, samples)]
         done, seconds, evaluations = [], 0.0, 0
         if pending:
-            with _configured(bundle, "t2i", config, scores, calibration_samples, progress) as policy, \
+            with _configured(bundle, "t2i", config, scores, calibration_samples, progress), \
                     _bar(shard, len(pending), f"eval t2i [{spec}]", progress) as bar:
                 for item in pending:
                     t0 = time.perf_counter()
                     result = generate(bundle, [item.prompt] * samples, steps=steps, guidance=guidance,
-                                      seed=seed + item.index, image_size=size, policy=policy, progress=False)
+                                      seed=seed + item.index, image_size=size, progress=False)
                     seconds += time.perf_counter() - t0
                     evaluations += result.evaluations
                     _write_t2i_item(fmt, config_dir, item, result.images)
@@ -504,7 +498,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
     (returned on every rank). Resumable and sharded like :func:`eval_t2i`."""
     from ..accel.importance import model_fingerprint
     from ..pipelines.mmu import answer
-    from ..testbed.checker import score_answer
+    from .metrics import score_answer
 
     items = read_mmu_data(data_jsonl)
     items = items[:limit] if limit is not None else items
@@ -525,14 +519,14 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
         part.parent.mkdir(parents=True, exist_ok=True)
         generated, seconds = 0, 0.0
         if pending:
-            with _configured(bundle, "mmu", config, scores, calibration_samples, progress) as policy, \
+            with _configured(bundle, "mmu", config, scores, calibration_samples, progress), \
                     _bar(shard, len(pending), f"eval mmu [{spec}]", progress) as bar, \
                     part.open("a", encoding="utf-8") as fh:
                 if part.stat().st_size and not part.read_bytes().endswith(b"\n"):
                     fh.write("\n")  # after a torn last line (interrupted write): start a fresh line
                 for item in pending:
                     t0 = time.perf_counter()
-                    reply = answer(bundle, item.image, item.question, max_new_tokens=max_new_tokens, policy=policy)
+                    reply = answer(bundle, item.image, item.question, max_new_tokens=max_new_tokens)
                     row = {"index": item.index, "id": item.id, "question": item.question, "answer": item.answer,
                            "prediction": reply.text, "correct": score_answer(reply.text, item.answer),
                            "tokens": len(reply.token_ids), "seconds": time.perf_counter() - t0}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import string
 
 import numpy as np
 import torch
@@ -69,3 +71,19 @@ def token_agreement(tokens: list[int], reference: list[int]) -> float:
 
 def exact_match(tokens: list[int], reference: list[int]) -> bool:
     return list(tokens) == list(reference)
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_NUMBERS = {str(i): word for i, word in enumerate(_NUMBER_WORDS)}
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, punctuation dropped, whitespace collapsed, a digit spelled as its word ("2" -> "two")."""
+    words = _PUNCTUATION.sub(" ", text.lower()).split()
+    return " ".join(_NUMBERS.get(word, word) for word in words)
+
+
+def score_answer(predicted: str, expected: str) -> bool:
+    """Exact match after :func:`normalise_answer` on both sides: ``"Red."`` matches ``"red"``; ``"dark red"`` not."""
+    return normalise_answer(predicted) == normalise_answer(expected)

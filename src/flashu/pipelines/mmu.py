@@ -25,6 +25,7 @@ from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..io.images import load_image, preprocess_image
 from ..model import BASELINE, BackboneOutput, ExecutionPlan, KVCache, UnderstandingInputs
+from .timing import DeviceClock
 
 # The official prompt pieces (inference_mmu.py), tokenized separately as upstream does.
 SYSTEM_PROMPT = "system\nYou are a helpful assistant.<|im_end|>"
@@ -57,6 +58,8 @@ class UnderstandingPolicy(Protocol):
 
 
 class BaselineUnderstanding:
+    """The trivial decider: the unaccelerated plan for the prefill and every decoding step."""
+
     name = "none"
 
     def start(self, bundle, inputs):
@@ -139,62 +142,93 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
 @torch.no_grad()
 def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str, *, max_new_tokens: int = 300,
            policy: UnderstandingPolicy | None = None, image_size: int | None = None,
-           ignore_eos: bool = False, latents: torch.Tensor | None = None, layout: str | None = None) -> Answer:
+           ignore_eos: bool = False, latents: torch.Tensor | None = None, layout: str | None = None,
+           observer=None, static_cache: bool = False) -> Answer:
     """Answer ``question`` about ``image`` greedily (KV-cached).
 
     ``ignore_eos``: decode exactly ``max_new_tokens`` tokens, feeding ``<|im_end|>`` back like any token (for
     fixed-length speed measurements); the text still ends at the first ``<|im_end|>``. ``timings["prefill"]``
     covers the visual branches + fusion (also ``timings["prefill_vision"]``) and the backbone prefill (also
-    ``timings["prefill_backbone"]``).
+    ``timings["prefill_backbone"]``). ``observer``: a :class:`~flashu.pipelines.t2i.StepObserver` (step −1 is the
+    prefill). ``static_cache``: attention spans the whole preallocated cache (fixed shapes, for compiled decoding).
     """
-    if int(max_new_tokens) <= 0:
-        raise FlashuError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise FlashuError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if policy is None:
         acc = bundle.acceleration
         policy = (acc.understanding_policy() if acc is not None else None) or BaselineUnderstanding()
+    clock = DeviceClock(bundle.device)
     timings = {}
-    t0 = time.perf_counter()
+    t0 = clock()
     inputs = build_understanding_inputs(bundle, image, question, image_size, latents=latents, layout=layout)
     session = policy.start(bundle, inputs)
-    timings["encode"] = time.perf_counter() - t0
+    timings["encode"] = clock() - t0
 
-    model, eos = bundle.model, bundle.special.eos
-    t0 = time.perf_counter()
+    model = bundle.model
+    t0 = clock()
     length = inputs.input_ids.shape[1]
     embeds = model.understanding_embeddings(inputs)
-    t1 = time.perf_counter()
-    cache = KVCache(bundle.config.llm.num_layers)
-    out = model.forward_understanding(inputs, session.prefill_plan(), cache, embeds=embeds)
+    t1 = clock()
+    cache = KVCache.for_model(model, 1, length + max_new_tokens, static=static_cache)
+    plan = _observed(observer, -1, session.prefill_plan())
+    out = model.forward_understanding(inputs, plan, cache, embeds=embeds)
     session.observe(-1, out)
+    if observer is not None:
+        observer.observe(-1, plan, out)
     kept = out.hidden.shape[1]
-    token = int(out.logits[0, -1].argmax())
-    t2 = time.perf_counter()
+    first = out.logits[:, -1].argmax(-1, keepdim=True)
+    t2 = clock()
     timings["prefill"] = t2 - t0
     timings["prefill_vision"] = t1 - t0
     timings["prefill_backbone"] = t2 - t1
 
-    t0 = time.perf_counter()
+    t0 = clock()
     with record_function("flashu.decode_loop"):
-        tokens = _greedy_decode(bundle, session, cache, token, length, max_new_tokens, ignore_eos)
-    timings["decode"] = time.perf_counter() - t0
+        tokens = _greedy_decode(bundle, session, cache, first, length, max_new_tokens, ignore_eos, observer)
+    timings["decode"] = clock() - t0
+    eos = bundle.special.eos
     answer_ids = tokens[:tokens.index(eos)] if eos in tokens else tokens
     return Answer(text=bundle.decode_text(answer_ids).strip(), token_ids=tokens, timings=timings,
                   prompt_tokens=length, kept_tokens=kept, stats=session.stats())
 
 
-def _greedy_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: KVCache, token: int, length: int,
-                   max_new_tokens: int, ignore_eos: bool) -> list[int]:
-    """KV-cached greedy decoding from the prefill's first ``token``; positions continue from ``length``."""
-    model, eos = bundle.model, bundle.special.eos
-    tokens = [token]
-    while (ignore_eos or token != eos) and len(tokens) < max_new_tokens:
-        index = len(tokens)
-        ids = torch.tensor([[token]], device=bundle.device)
-        pos = torch.tensor([[length + index - 1]], device=bundle.device)
-        out = model.decode_step(ids, pos, session.decode_plan(index), cache)
+def _observed(observer, step: int, plan: ExecutionPlan) -> ExecutionPlan:
+    return plan if observer is None else observer.plan(step, plan)
+
+
+def eos_check_due(device: torch.device, index: int) -> bool:
+    """Whether to read the decoded tokens back to the host before step ``index`` (stopping at eos needs it): on
+    every step on the CPU (free there), and on an accelerator for the first 4 tokens (short answers stop early)
+    and then every 8 (each read is a synchronisation)."""
+    return device.type == "cpu" or index <= 4 or index % 8 == 0
+
+
+def _greedy_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: KVCache, first: torch.Tensor,
+                   length: int, max_new_tokens: int, ignore_eos: bool, observer=None) -> list[int]:
+    """KV-cached greedy decoding from the prefill's first token [1, 1] (a device tensor: no host round trip per
+    token); positions continue from ``length``. Tokens after an ``<|im_end|>`` found late are trimmed."""
+    model, eos, device = bundle.model, bundle.special.eos, bundle.device
+    pending = [first]
+    tokens: list[int] = []
+    token = first
+    for index in range(1, max_new_tokens + 1):
+        if not ignore_eos and (index == max_new_tokens or eos_check_due(device, index)):
+            tokens += torch.cat(pending, dim=1)[0].tolist()
+            pending = []
+            if eos in tokens:
+                return tokens[:tokens.index(eos) + 1]
+        if index == max_new_tokens:
+            break
+        pos = torch.tensor([[length + index - 1]], device=device)
+        plan = _observed(observer, index, session.decode_plan(index))
+        out = model.decode_step(token, pos, plan, cache)
         session.observe(index, out)
-        token = int(out.logits[0, -1].argmax())
-        tokens.append(token)
+        if observer is not None:
+            observer.observe(index, plan, out)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        pending.append(token)
+    if pending:
+        tokens += torch.cat(pending, dim=1)[0].tolist()
     return tokens
 
 

@@ -6,6 +6,8 @@ N − 1 model evaluations, at t_0 … t_{N−2}. Every interval elsewhere in fla
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import ConfigError
@@ -35,3 +37,15 @@ def guided(velocity: torch.Tensor, scale: float, num_cond: int) -> torch.Tensor:
     """CFG ``v_u + w·(v_c − v_u)`` for rows [cond; uncond], in the model dtype as upstream, returned in fp32."""
     cond, uncond = velocity[:num_cond], velocity[num_cond:]
     return (uncond + scale * (cond - uncond)).float()
+
+
+@dataclass
+class DenoisingSchedule:
+    """The time grid (N points, N − 1 evaluations) and the guidance scale of each evaluation."""
+
+    grid: torch.Tensor
+    guidance: list[float]
+
+    @property
+    def num_evaluations(self) -> int:
+        return len(self.grid) - 1

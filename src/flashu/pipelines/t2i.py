@@ -11,7 +11,6 @@ The session decides the plan of every evaluation; the baseline session runs the 
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -24,19 +23,8 @@ from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..io.images import to_pil
 from ..model import BASELINE, ExecutionPlan, GenerationInputs, GenerationOutput, omni_attention_mask
-from .sampling import euler_update, guided, time_grid
-
-
-@dataclass
-class DenoisingSchedule:
-    """The time grid (N points, N − 1 evaluations) and the guidance scale of each evaluation."""
-
-    grid: torch.Tensor
-    guidance: list[float]
-
-    @property
-    def num_evaluations(self) -> int:
-        return len(self.grid) - 1
+from .sampling import DenoisingSchedule, euler_update, guided, time_grid
+from .timing import DeviceClock
 
 
 class GenerationSession(Protocol):
@@ -63,15 +51,25 @@ class GenerationPolicy(Protocol):
         ...
 
 
+class StepObserver(Protocol):
+    """Optional per-step hook of a pipeline, for tools (calibration, analysis, benchmarks): it may extend each
+    step's plan (e.g. attach a probe) and sees each step's output. Deciding stays with the session."""
+
+    def plan(self, step: int, plan: ExecutionPlan) -> ExecutionPlan:
+        ...
+
+    def observe(self, step: int, plan: ExecutionPlan, output) -> None:
+        ...
+
+
 class BaselineSession:
-    def __init__(self, inputs: GenerationInputs, steps: int, guidance: float, exact: bool):
-        grid = time_grid(steps)
-        self.schedule = DenoisingSchedule(grid, [guidance] * (steps - 1))
-        # "exact" trims only what provably cannot change the result: the positions after every image block.
-        self._plan = BASELINE.with_(keep_positions=inputs.used_length) if exact else BASELINE
+    """The trivial decider: the unaccelerated plan at every evaluation, the requested steps and guidance."""
+
+    def __init__(self, steps: int, guidance: float):
+        self.schedule = DenoisingSchedule(time_grid(steps), [guidance] * (steps - 1))
 
     def plan(self, k: int) -> ExecutionPlan:
-        return self._plan
+        return BASELINE
 
     def observe(self, k: int, output: GenerationOutput) -> None:
         pass
@@ -80,18 +78,11 @@ class BaselineSession:
         return {}
 
 
-@dataclass
 class BaselinePolicy:
-    """The unaccelerated model (``exact=True``: plus the exact trims, same mathematics)."""
-
-    exact: bool = False
-
-    @property
-    def name(self) -> str:
-        return "exact" if self.exact else "none"
+    name = "none"
 
     def start(self, bundle, inputs, steps, guidance) -> GenerationSession:
-        return BaselineSession(inputs, steps, guidance, self.exact)
+        return BaselineSession(steps, guidance)
 
 
 @dataclass
@@ -168,7 +159,8 @@ def validate_prompts(prompts: Sequence[str]) -> list[str]:
 def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int | None = None,
              guidance: float | None = None, seed: int = 0, image_size: int | None = None,
              policy: GenerationPolicy | None = None, progress: bool = True, decode: bool = True,
-             noise: torch.Tensor | None = None, noise_dtype: str = "float32") -> GenerationResult:
+             noise: torch.Tensor | None = None, noise_dtype: str = "float32",
+             observer: StepObserver | None = None) -> GenerationResult:
     """Generate one image per prompt. ``steps`` counts grid points (N points → N − 1 evaluations).
 
     ``guidance`` > 0 runs classifier-free guidance with an empty-prompt row per prompt; 0 runs the conditional
@@ -186,7 +178,8 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     policy = policy or default_generation_policy(bundle)
     timings: dict[str, float] = {}
 
-    t0 = time.perf_counter()
+    clock = DeviceClock(bundle.device)
+    t0 = clock()
     use_cfg = guidance > 0
     inputs = build_generation_inputs(bundle, prompts, image_size, with_uncond=use_cfg)
     session = policy.start(bundle, inputs, steps, guidance)
@@ -196,25 +189,30 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     if noise_dtype not in NOISE_DTYPES:
         raise FlashuError(f"noise_dtype must be one of {', '.join(NOISE_DTYPES)}, got {noise_dtype!r}")
     x = x.to(NOISE_DTYPES[noise_dtype]).float()
-    timings["prepare"] = time.perf_counter() - t0
+    timings["prepare"] = clock() - t0
 
-    t0 = time.perf_counter()
+    t0 = clock()
     grid = schedule.grid.tolist()
     for k in tqdm(range(schedule.num_evaluations), desc="denoising", unit="eval", disable=not progress,
                   leave=False):
         rows = torch.cat([x, x]) if use_cfg else x
         t = torch.full((rows.shape[0],), grid[k], device=x.device)
-        output = bundle.model.forward_generation(rows.to(bundle.dtype), t, inputs, session.plan(k))
+        plan = session.plan(k)
+        if observer is not None:
+            plan = observer.plan(k, plan)
+        output = bundle.model.forward_generation(rows.to(bundle.dtype), t, inputs, plan)
         session.observe(k, output)
+        if observer is not None:
+            observer.observe(k, plan, output)
         v = guided(output.velocity, schedule.guidance[k], n) if use_cfg else output.velocity.float()
         x = euler_update(x, v, grid[k], grid[k + 1])
-    timings["denoise"] = time.perf_counter() - t0
+    timings["denoise"] = clock() - t0
 
     images = []
     if decode:
-        t0 = time.perf_counter()
+        t0 = clock()
         with record_function("flashu.vae"):
             images = to_pil(bundle.require_codec().decode(x))
-        timings["decode"] = time.perf_counter() - t0
+        timings["decode"] = clock() - t0
     return GenerationResult(images=images, latents=x, evaluations=schedule.num_evaluations, timings=timings,
                             stats=session.stats())

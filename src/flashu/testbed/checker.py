@@ -18,21 +18,19 @@ colour is on the right shape) and ``positions`` (the pair's relation); ``correct
 from __future__ import annotations
 
 import functools
-import re
-import string
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..observe.metrics import normalise_answer, score_answer  # noqa: F401  (re-exported)
 from .world import (
     BACKGROUND,
     COLOURS,
     PALETTE,
     Scene,
     draw_shape,
-    number_word,
     parse_caption,
     position_of,
     relation_between,
@@ -276,18 +274,3 @@ def check_generation(image: Image.Image, scene_or_caption: Scene | str) -> Gener
         expected=expected,
         detected=tuple(detected),
     )
-
-
-_NUMBERS = {str(i): number_word(i) for i in range(10)}
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalise_answer(text: str) -> str:
-    """Lowercase, punctuation dropped, whitespace collapsed, a digit spelled as its word ("2" -> "two")."""
-    words = _PUNCTUATION.sub(" ", text.lower()).split()
-    return " ".join(_NUMBERS.get(word, word) for word in words)
-
-
-def score_answer(predicted: str, expected: str) -> bool:
-    """Exact match after :func:`normalise_answer` on both sides: ``"Red."`` matches ``"red"``; ``"dark red"`` not."""
-    return normalise_answer(predicted) == normalise_answer(expected)

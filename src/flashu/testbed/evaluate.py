@@ -20,19 +20,18 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..accel.config import FlashUConfig, accel_preset
+from ..accel.config import FlashUConfig
+from ..accel.spec import resolve_accel
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from . import world
 from .checker import ATTRIBUTES, check_generation, score_answer
 
-BASELINES = ("none", "exact")
 
 
 def load_testbed(model: str = "testbed", device: str = "cpu") -> Showo2Bundle:
@@ -57,21 +56,11 @@ def load_testbed(model: str = "testbed", device: str = "cpu") -> Showo2Bundle:
 
 
 def calibration_scores(bundle: Showo2Bundle, samples: int = 20, progress: bool = False) -> dict:
-    """FlashU importance scores for both tasks from the shapes world's train split."""
-    from ..accel.calibration import calibrate, default_pairs
+    """FlashU importance scores for both tasks from the model's calibration data (the world's train split),
+    through the calibration cache."""
+    from ..accel.calibration import cached_scores
 
-    prompts = world.prompts("train", samples)
-    return {"t2i": calibrate(bundle, "t2i", samples=samples, prompts=prompts, progress=progress),
-            "mmu": calibrate(bundle, "mmu", samples=samples, pairs=default_pairs(samples), progress=progress)}
-
-
-def resolve_accel(accel: str | FlashUConfig) -> FlashUConfig | str:
-    """``none``/``exact`` stay strings; a preset name or a JSON file becomes a :class:`FlashUConfig`."""
-    if isinstance(accel, FlashUConfig) or accel in BASELINES:
-        return accel
-    if str(accel).endswith(".json") or Path(str(accel)).is_file():
-        return FlashUConfig.from_file(accel)
-    return accel_preset(accel)
+    return {task: cached_scores(bundle, task, samples=samples, progress=progress) for task in ("t2i", "mmu")}
 
 
 @dataclass
@@ -101,8 +90,8 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
     from tqdm.auto import tqdm
 
     from ..accel.api import accelerated
-    from ..pipelines.mmu import BaselineUnderstanding, answer
-    from ..pipelines.t2i import BaselinePolicy, generate
+    from ..pipelines.mmu import answer
+    from ..pipelines.t2i import generate
 
     if n_gen < 0 or n_mmu < 0:
         raise FlashuError("n_gen and n_mmu must be >= 0")
@@ -111,24 +100,17 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
     if getattr(bundle, "acceleration", None) is not None:
         raise FlashuError("evaluate an unaccelerated bundle (call flashu.restore first); pass accel= instead")
     cfg = resolve_accel(accel)
-    name = cfg if isinstance(cfg, str) else cfg.name
+    name = cfg.name
     steps = bundle.config.default_steps if steps is None else int(steps)
     guidance = bundle.config.default_guidance if guidance is None else float(guidance)
     items = split_items(split, n_gen, n_mmu, bundle.config.image_size)
     report: dict = {"accel": name, "split": split, "model": bundle.source, "steps": steps, "guidance": guidance,
                     "seed": seed, "batch_size": batch_size, "threads": torch.get_num_threads()}
-
-    gen_policy = mmu_policy = None
-    context = nullcontext()
-    if isinstance(cfg, str):
-        gen_policy, mmu_policy = BaselinePolicy(exact=cfg == "exact"), BaselineUnderstanding()
-    else:
-        needs = cfg.needs_generation_scores or cfg.needs_understanding_scores
-        if needs and scores is None:
-            t0 = time.perf_counter()
-            scores = calibration_scores(bundle, calibration_samples, progress=progress)
-            report["calibration_s"] = time.perf_counter() - t0
-        context = accelerated(bundle, cfg, scores=scores, progress=progress)
+    if (cfg.needs_generation_scores or cfg.needs_understanding_scores) and scores is None:
+        t0 = time.perf_counter()
+        scores = calibration_scores(bundle, calibration_samples, progress=progress)
+        report["calibration_s"] = time.perf_counter() - t0
+    context = accelerated(bundle, cfg, scores=scores, progress=progress)
 
     with context:
         # ---------------------------------------------------------------- generation
@@ -137,8 +119,7 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
                           disable=not progress or n_gen == 0):
             batch = items.captions[start:start + batch_size]
             t0 = time.perf_counter()
-            result = generate(bundle, batch, steps=steps, guidance=guidance, seed=seed + start,
-                              policy=gen_policy, progress=False)
+            result = generate(bundle, batch, steps=steps, guidance=guidance, seed=seed + start, progress=False)
             gen_time += time.perf_counter() - t0
             evaluations += result.evaluations
             for image, caption in zip(result.images, batch):
@@ -163,7 +144,7 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
         for image, question, expected, kind in tqdm(items.qas, desc=f"answer [{name}]", unit="q",
                                                     disable=not progress or n_mmu == 0):
             t0 = time.perf_counter()
-            reply = answer(bundle, image, question, max_new_tokens=max_new_tokens, policy=mmu_policy)
+            reply = answer(bundle, image, question, max_new_tokens=max_new_tokens)
             mmu_time += time.perf_counter() - t0
             ok = score_answer(reply.text, expected)
             hits.append(ok)
@@ -187,8 +168,7 @@ def evaluate_many(bundle: Showo2Bundle, accels: list[str], **kwargs) -> list[dic
     reports, scores = [], kwargs.pop("scores", None)
     for accel in accels:
         cfg = resolve_accel(accel)
-        if not isinstance(cfg, str) and scores is None and (cfg.needs_generation_scores
-                                                            or cfg.needs_understanding_scores):
+        if scores is None and (cfg.needs_generation_scores or cfg.needs_understanding_scores):
             scores = calibration_scores(bundle, kwargs.get("calibration_samples", 20),
                                         progress=kwargs.get("progress", True))
         reports.append(evaluate(bundle, cfg, scores=scores, **kwargs))

@@ -366,3 +366,16 @@ def read_understanding_set(jsonl: str | Path) -> list[dict[str, str]]:
             row["image"] = str((jsonl.parent / row["image"]).resolve())
             rows.append(row)
     return rows
+
+
+def calibration_items(task: str, count: int) -> list:
+    """FlashU calibration data for models trained on this world (entry point ``shapes-world`` of the
+    ``flashu.calibration`` group): train-split captions (``t2i``) or image/question pairs (``mmu``), never from the
+    evaluated splits."""
+    if task == "t2i":
+        return prompts("train", count)
+    pairs = []
+    for example in iter_split("train", count):
+        qa = example.qas[len(pairs) % len(example.qas)]
+        pairs.append((example.image, qa.question))
+    return pairs

@@ -1,0 +1,143 @@
+"""Visual-token pruning at layer K: score the image tokens, drop the ρ fraction with the highest drop priority.
+
+At the first executed layer ≥ K of the prefill, after q/k/v (+RoPE) are computed for all positions, the model asks
+the plan's selector which positions to keep (``ExecutionPlan.token_selector``); only the ``grid²`` image tokens are
+candidates (never the time token, never text). Kept positions stay in order with their original positions (RoPE,
+mask rows/columns); layers < K keep every token, layers ≥ K and their KV caches hold only kept ones. Selectors are
+pure functions of what the layer computed (no state): every scorer works with SDPA/fused kernels except
+``attention``, which materialises the rows of the attention map it needs.
+
+* ``vnorm`` (the paper's proxy): ‖v_i‖₂ over all KV heads; **largest norms dropped**;
+* ``knorm``: the same on the keys; largest dropped;
+* ``random``: a seeded uniform subset (the same for every request of the same image size);
+* ``attention`` (FastV-style, eager): the attention each image token receives from the text queries after the
+  image block, averaged over heads and those queries; least attended dropped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+from .config import UnderstandingAccelConfig
+
+
+class VisualTokenSelector:
+    """Base of the visual-token selectors: keeps every non-image position and the ``keep`` image tokens with the
+    lowest drop priority (:meth:`priority`, larger = dropped first; ties: the lower position is dropped first).
+
+    ``image_start``/``image_count``: the image tokens' positions ``[image_start, image_start + image_count)`` in the
+    sequence the selector sees (the full prefill sequence: nothing is pruned before it).
+    """
+
+    name = "base"
+    needs_queries = False
+
+    def __init__(self, layer: int, image_start: int, image_count: int, keep: int):
+        if not 0 < keep <= image_count:
+            raise ConfigError(f"visual-token pruning must keep between 1 and {image_count} image tokens, got {keep}")
+        self.layer = layer
+        self.image_start = image_start
+        self.image_count = image_count
+        self.keep = keep
+
+    @property
+    def image_stop(self) -> int:
+        return self.image_start + self.image_count
+
+    def priority(self, values: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor,
+                 queries: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select(self, values: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor,
+               queries: torch.Tensor | None) -> torch.Tensor:
+        B, L = values.shape[0], values.shape[2]
+        if L < self.image_stop:
+            raise ValueError(f"selector expects the image tokens at [{self.image_start}, {self.image_stop}) "
+                             f"but the sequence has {L} positions")
+        priority = self.priority(values, keys, hidden, queries).float()
+        drop = self.image_count - self.keep
+        order = torch.argsort(priority, dim=1, descending=True, stable=True)
+        kept_image = order[:, drop:].sort(dim=1).values + self.image_start
+        device = kept_image.device
+        before = torch.arange(self.image_start, device=device).expand(B, -1)
+        after = torch.arange(self.image_stop, L, device=device).expand(B, -1)
+        return torch.cat([before, kept_image, after], dim=1)
+
+    def _image(self, t: torch.Tensor) -> torch.Tensor:
+        return t[:, :, self.image_start:self.image_stop]
+
+
+class ValueNormSelector(VisualTokenSelector):
+    """The paper's V-norm proxy: ``sqrt(Σ_h ‖v_{h,i}‖²)`` over all KV heads; the largest norms are dropped."""
+
+    name = "vnorm"
+
+    def priority(self, values, keys, hidden, queries):
+        return self._image(values).float().pow(2).sum(dim=(1, 3)).sqrt()
+
+
+class KeyNormSelector(VisualTokenSelector):
+    """Key norm (post-RoPE, equal to pre-RoPE), heads combined like :class:`ValueNormSelector`; largest dropped."""
+
+    name = "knorm"
+
+    def priority(self, values, keys, hidden, queries):
+        return self._image(keys).float().pow(2).sum(dim=(1, 3)).sqrt()
+
+
+class RandomSelector(VisualTokenSelector):
+    """A seeded uniform random subset of the image tokens (same for every row and request of this size)."""
+
+    name = "random"
+
+    def __init__(self, layer, image_start, image_count, keep, seed: int = 0):
+        super().__init__(layer, image_start, image_count, keep)
+        self.seed = seed
+
+    def priority(self, values, keys, hidden, queries):
+        gen = torch.Generator().manual_seed(self.seed)
+        scores = torch.rand(self.image_count, generator=gen)
+        return scores.to(values.device).expand(values.shape[0], -1)
+
+
+class AttentionSelector(VisualTokenSelector):
+    """FastV-style: attention received by each image token at layer K from the text queries after the image block,
+    averaged over query heads and those queries; the least attended are dropped. Materialises those rows of the
+    attention map explicitly (eager), with the causal mask those rows have under the omni mask."""
+
+    name = "attention"
+    needs_queries = True
+
+    def priority(self, values, keys, hidden, queries):
+        if queries is None:
+            raise ValueError("the attention scorer needs the layer's queries")
+        B, Hq, L, d = queries.shape
+        q = queries[:, :, self.image_stop:].float()  # [B, Hq, Nq, d]
+        if q.shape[2] == 0:
+            raise ValueError("the attention scorer needs text after the image block")
+        k = keys.float().repeat_interleave(Hq // keys.shape[1], dim=1)  # [B, Hq, L, d]
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # [B, Hq, Nq, L]
+        rows = torch.arange(self.image_stop, L, device=q.device)
+        allowed = torch.arange(L, device=q.device)[None, :] <= rows[:, None]  # causal: [Nq, L]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        received = probs[..., self.image_start:self.image_stop].mean(dim=(1, 2))  # [B, N]
+        return -received  # least attended first
+
+
+SELECTORS = {"vnorm": ValueNormSelector, "knorm": KeyNormSelector, "random": RandomSelector,
+             "attention": AttentionSelector}
+
+
+def make_selector(cfg: UnderstandingAccelConfig, image_start: int, image_count: int) -> VisualTokenSelector | None:
+    """The configured selector for one request, or ``None`` when ρ drops no token."""
+    keep = cfg.kept_image_tokens(image_count)  # ConfigError when ρ keeps nothing
+    if keep == image_count:
+        return None
+    cls = SELECTORS[cfg.token_scorer]
+    if cls is RandomSelector:
+        return RandomSelector(cfg.token_prune_layer, image_start, image_count, keep, seed=cfg.seed)
+    return cls(cfg.token_prune_layer, image_start, image_count, keep)

@@ -1,0 +1,69 @@
+"""Checks on user-supplied output paths and text, done before any work starts.
+
+An output path that cannot be written must fail in one line *before* a benchmark or generation runs, never after.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import FlashuError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def writable_file(path: str | Path, what: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """``path`` can be created or overwritten as a file (its missing parent directories can be created); with
+    ``suffixes``, it ends with one of them. Nothing is written."""
+    path = Path(path).expanduser()
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise FlashuError(f"{what} {path}: unsupported extension {path.suffix or '(none)'}; use one of "
+                          f"{', '.join(suffixes)}")
+    if path.is_dir():
+        raise FlashuError(f"{what} {path} is a directory; give a file name")
+    _check_parent(path, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FlashuError(f"{what} {path} exists and is not writable")
+    return path
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` is, or can be created as, a writable directory. Nothing is created."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FlashuError(f"{what} {path} exists and is not a directory")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise FlashuError(f"{what} {path} is not writable")
+        return path
+    _check_parent(path, what)
+    return path
+
+
+def _check_parent(path: Path, what: str) -> None:
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise FlashuError(f"{what} {path}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise FlashuError(f"{what} {path}: cannot create files in {base} (permission denied)")
+
+
+def check_text(text: str, what: str) -> str:
+    """Non-empty text that is valid Unicode (arguments with bytes that are not UTF-8 arrive as lone surrogates)."""
+    if not isinstance(text, str):
+        raise FlashuError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FlashuError(f"{what} contains bytes that are not valid UTF-8; pass UTF-8 text") from None
+    if not text.strip():
+        raise FlashuError(f"empty {what}: give some text")
+    return text

@@ -1,0 +1,76 @@
+"""Refuse work that cannot fit before allocating it: model weights, generation and understanding activations.
+
+Estimates are deliberately simple upper bounds of the dominant terms (weights; the dense [B, 1, L, L] attention
+masks and scores; a few activation tensors of the widest layer) compared with the memory available on the device.
+They exist to turn "hours of swapping, then an out-of-memory traceback" into one line, not to plan memory exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import Showo2Config
+from .errors import FlashuError
+
+HEADROOM = 0.9  # fraction of the available memory an estimate may use
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Free bytes on ``device`` (CUDA: free device memory; otherwise available host memory)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits(what: str, needed: int, device: torch.device | str, hint: str) -> None:
+    available = available_memory(device)
+    if needed > HEADROOM * available:
+        raise FlashuError(f"{what} needs about {_gib(needed)} but only {_gib(available)} is available on "
+                          f"{torch.device(device)}; {hint}")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**27 else f"{n / 2**20:.0f} MiB"
+
+
+def _elem(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def model_bytes(cfg: Showo2Config, dtype: torch.dtype) -> int:
+    from .observe.flops import parameter_counts
+
+    return parameter_counts(cfg)["total"] * _elem(dtype)
+
+
+def check_model_fits(cfg: Showo2Config, dtype: torch.dtype, device: torch.device | str) -> None:
+    check_fits(f"building this model ({cfg.llm.num_layers} decoder layers, hidden size {cfg.llm.hidden_size})",
+               model_bytes(cfg, dtype), device, "check the config's dimensions or use a smaller dtype")
+
+
+def _sequence_bytes(cfg: Showo2Config, rows: int, length: int, dtype: torch.dtype) -> int:
+    e = _elem(dtype)
+    heads = max(cfg.llm.num_heads, cfg.head.num_heads)
+    widest = max(cfg.llm.intermediate_size, cfg.head.intermediate_size, cfg.llm.hidden_size, cfg.head.hidden_size)
+    mask = rows * length * length * e
+    scores = rows * heads * length * length * 4  # a materialised attention map (math kernel), fp32 worst case
+    activations = 8 * rows * length * widest * e
+    return mask + scores + activations
+
+
+def check_generation_fits(cfg: Showo2Config, image_size: int, prompts: int, cfg_rows: int, dtype: torch.dtype,
+                          device: torch.device | str) -> None:
+    grid = image_size // cfg.pixels_per_token
+    length = cfg.max_text_len + grid * grid + 1 + 4
+    check_fits(f"generating {prompts} image(s) of {image_size} px ({grid * grid} image tokens, sequence {length})",
+               _sequence_bytes(cfg, prompts * cfg_rows, length, dtype), device,
+               f"use a smaller --size (the model's default is {cfg.image_size}) or fewer prompts at once")
+
+
+def check_understanding_fits(cfg: Showo2Config, length: int, dtype: torch.dtype, device: torch.device | str) -> None:
+    check_fits(f"an understanding prompt of {length} tokens", _sequence_bytes(cfg, 1, length, dtype), device,
+               "use a smaller image size or a shorter question")
