@@ -220,16 +220,3 @@ def write_json(reports: list[dict], path: str | Path) -> Path:
     clean = [{k: v for k, v in r.items() if k != "images"} for r in reports]
     path.write_text(json.dumps(clean, indent=2))
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flashu.testbed.evaluate`` — the same as ``flashu eval testbed``."""
-    from ..cli import run
-
-    return run(["eval", "testbed", *(argv or [])])
-
-
-if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))
