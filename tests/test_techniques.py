@@ -41,6 +41,8 @@ T2I = {  # name: (on, zero)
                  dict(step_fraction=1.0, guidance_low_factor=1.0, guidance_low_fraction=0.0)),
     "lazy-backbone": (dict(head_cache_interval=3, lazy_backbone=True), dict(head_cache_interval=0)),
     "exact-trims": (dict(exact_trims=True), dict(exact_trims=False)),
+    "prefix-reuse": (dict(prefix_reuse=True), dict(prefix_reuse=False)),
+    "share-cfg-visual": (dict(share_cfg_visual=True), dict(share_cfg_visual=False)),
 }
 MMU = {
     "ffn-pruning": (dict(prune_ratio=0.5, prune_alignment=16), dict(prune_ratio=0.0)),
@@ -376,3 +378,40 @@ def test_mmu_layer_skip_decodes_like_identity_layers(bundle, scores, image):
                                   BASELINE.with_(logits="last"), cache)
             tokens.append(int(out.logits[0, -1].argmax()))
     assert got.token_ids == tokens
+
+
+@pytest.mark.parametrize("name", ["exact-trims", "prefix-reuse", "share-cfg-visual"])
+def test_exact_techniques_equal_the_baseline(bundle, scores, name):
+    with flashu.accelerated(bundle, config("t2i", T2I[name][0]), scores=scores):
+        got = flashu.generate(bundle, PROMPTS, steps=STEPS, guidance=GUIDANCE, seed=3, progress=False, decode=False)
+    want = flashu.generate(bundle, PROMPTS, steps=STEPS, guidance=GUIDANCE, seed=3, progress=False, decode=False)
+    torch.testing.assert_close(got.latents, want.latents, rtol=1e-5, atol=2e-6)
+
+
+ALL_TECHNIQUES = dict(prune_ratio=0.5, prune_alignment=16, layer_skip_ratio=0.4, layer_skip_interval=4,
+                      full_ffn_fraction=0.3, head_cache_interval=3, lazy_backbone=True, step_fraction=0.8,
+                      guidance_low_factor=0.75, guidance_low_fraction=0.7, exact_trims=True)
+
+
+def _prefix_reuse_matches(bundle, scores, prompts, steps):
+    results = []
+    for reuse in (False, True):
+        cfg = config("t2i", {**ALL_TECHNIQUES, "prefix_reuse": reuse, "share_cfg_visual": reuse})
+        with flashu.accelerated(bundle, cfg, scores=scores):
+            results.append(flashu.generate(bundle, prompts, steps=steps, guidance=GUIDANCE, seed=1, progress=False,
+                                           decode=False))
+    plain, reused = results
+    assert reused.stats["prefix_computations"] >= 2  # ranking, skipping and full-phase configurations
+    assert reused.stats["layer_rankings"] == plain.stats["layer_rankings"] > 0
+    assert reused.stats["head_reused"] == plain.stats["head_reused"] > 0
+    torch.testing.assert_close(reused.latents, plain.latents, rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_reuse_composes_with_every_technique_and_batching(bundle, scores):
+    _prefix_reuse_matches(bundle, scores, PROMPTS, 16)
+
+
+def test_prefix_reuse_on_trained_weights():
+    testbed = flashu.load_model("testbed")
+    scores = {"t2i": calibrate(testbed, "t2i", samples=2, steps=3, progress=False)}
+    _prefix_reuse_matches(testbed, scores, ["a red circle left of a blue square", "a green triangle"], 12)

@@ -66,6 +66,8 @@ class GenerationAccelConfig(_Checked):
     guidance_low_fraction: float = 0.7  # first fraction of evaluations at s_low
     lazy_backbone: bool = False  # skip the backbone on head-cache evaluations (bit-identical output)
     exact_trims: bool = False  # drop positions after the image block (exact: they cannot influence it)
+    prefix_reuse: bool = False  # the text prefix's keys/values computed once per generation (exact)
+    share_cfg_visual: bool = False  # CFG rows share x_t: one visual-branch pass for both (exact)
 
     def validate(self) -> "GenerationAccelConfig":
         self._check_types("generation")
@@ -144,7 +146,7 @@ class UnderstandingAccelConfig(_Checked):
 
 _GENERATION_OFF = dict(prune_ratio=0.0, attention_group_prune_ratio=0.0, layer_skip_ratio=0.0, full_ffn_fraction=0.0,
                        head_cache_interval=0, step_fraction=1.0, guidance_low_factor=1.0, guidance_low_fraction=0.0,
-                       lazy_backbone=False, exact_trims=False)
+                       lazy_backbone=False, exact_trims=False, prefix_reuse=False, share_cfg_visual=False)
 _UNDERSTANDING_OFF = dict(prune_ratio=0.0, layer_skip_ratio=0.0, skip_in_prefill=False, token_prune_ratio=0.0)
 
 
@@ -275,9 +277,14 @@ def _none() -> FlashUConfig:
     return FlashUConfig(name="none", generation=None, understanding=None)
 
 
+EXACT_GENERATION = dict(exact_trims=True, prefix_reuse=True, share_cfg_visual=True)
+
+
 def _exact() -> FlashUConfig:
-    """Only what provably leaves the output unchanged (for each task, in this one place)."""
-    return FlashUConfig(name="exact", generation=GenerationAccelConfig.off(exact_trims=True), understanding=None)
+    """Only what provably leaves the output unchanged, up to float rounding (for each task, in this one place):
+    generation drops the positions after the image blocks, computes the text prefix once and runs the visual
+    branches once for both CFG rows; understanding has nothing of the kind to drop."""
+    return FlashUConfig(name="exact", generation=GenerationAccelConfig.off(**EXACT_GENERATION), understanding=None)
 
 
 def _paper() -> FlashUConfig:
@@ -287,7 +294,7 @@ def _paper() -> FlashUConfig:
 def _plus() -> FlashUConfig:
     cfg = _paper()
     cfg.name = "plus"
-    cfg.generation = dataclasses.replace(cfg.generation, lazy_backbone=True, exact_trims=True)
+    cfg.generation = dataclasses.replace(cfg.generation, lazy_backbone=True, **EXACT_GENERATION)
     return cfg
 
 

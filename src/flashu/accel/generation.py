@@ -8,8 +8,11 @@ Evaluations k = 0 … E − 1 (see ``accel/config.py`` for the step semantics). 
 
 Step count and guidance come from :mod:`.guidance`. With ``lazy_backbone`` a head-reuse evaluation does not run the
 SigLIP branch, fusion, LLM or head blocks at all (their output is discarded under the paper's semantics), unless it
-is also a ranking evaluation. ``exact_trims`` drops the positions after the image blocks (they cannot influence
-them). The session only returns plans and reads what the forward returned; it never runs the model.
+is also a ranking evaluation. The exact techniques: ``exact_trims`` drops the positions after the image blocks (they
+cannot influence them), ``prefix_reuse`` keeps the text prefix's keys/values for the whole generation (a
+:class:`~flashu.model.cache.PrefixCache` the model fills, one entry per backbone configuration) and
+``share_cfg_visual`` runs the visual branches once for both CFG rows. The session only returns plans and reads what
+the forward returned; it never runs the model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..model import ExecutionPlan, GenerationInputs, GenerationOutput
+from ..model.cache import PrefixCache
 from .config import GenerationAccelConfig
 from .guidance import denoising_schedule, full_phase_start
 from .head_cache import HeadCache
@@ -50,6 +54,8 @@ class FlashUGenerationSession:
         self.token_scope = "image" if cfg.layer_skip_scope == "image" else "all"
         self.skipped: list[int] = []
         self.head = HeadCache(cfg.head_cache_interval)
+        self.prefix = PrefixCache() if cfg.prefix_reuse else None
+        self.share_cfg_visual = cfg.share_cfg_visual and guidance > 0
         self.counters = GenerationCounters()
 
     def in_full_phase(self, k: int) -> bool:
@@ -70,6 +76,8 @@ class FlashUGenerationSession:
             recompute_backbone=not reuse or not self.cfg.lazy_backbone or rank,
             keep_positions=self.keep,
             similarity=self.token_scope if rank else None,
+            prefix=self.prefix,
+            share_cfg_visual=self.share_cfg_visual,
         )
 
     def observe(self, k: int, output: GenerationOutput) -> None:
@@ -93,6 +101,7 @@ class FlashUGenerationSession:
         return {"evaluations": c.evaluations, "full_phase_evaluations": c.full_phase,
                 "head_reused": c.head_reused, "backbone_runs": c.backbone_runs, "layer_rankings": c.rankings,
                 "layer_evaluations_skipped": c.layers_skipped, "skip_sets": c.skip_sets,
+                "prefix_computations": None if self.prefix is None else len(self.prefix.entries),
                 "guidance": self.schedule.guidance}
 
 

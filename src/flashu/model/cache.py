@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 
@@ -82,3 +84,20 @@ class KVCache:
 
     def rollback(self, lengths: torch.Tensor) -> None:
         self.lengths.copy_(lengths)
+
+
+@dataclass
+class PrefixEntry:
+    """Keys/values of the text prefix (positions ``0 … length − 1``) for one backbone configuration."""
+
+    length: int
+    llm: KVCache  # per decoder layer (the executed ones)
+    head: list  # per flow-head block: (keys, values)
+
+
+@dataclass
+class PrefixCache:
+    """Per-generation store of :class:`PrefixEntry` by backbone configuration (lives in the request's session;
+    the model fills it). ``entries`` grows by one per distinct configuration used (a handful per generation)."""
+
+    entries: dict = field(default_factory=dict)

@@ -95,6 +95,11 @@ class ExecutionPlan:
         similarity: measure, per executed decoder layer, the mean cos(input, output) over ``"all"`` positions,
             the ``"last"`` one, the ``"image"`` blocks (text-to-image) or a bool mask [B, L]; returned in
             ``BackboneOutput.similarity`` (layer skipping ranks layers by it).
+        prefix: text-to-image prefix reuse: a per-generation :class:`~flashu.model.cache.PrefixCache`; only the
+            image-block positions run, attending to the text prefix's keys/values (computed once per backbone
+            configuration). Exact up to float rounding.
+        share_cfg_visual: the rows are [conditional; unconditional] with the same latents: run the visual
+            branches on the first half only.
         probe: observer of the backbone, for tools (calibration, analysis); deciders read outputs instead.
     """
 
@@ -108,10 +113,18 @@ class ExecutionPlan:
     logits: LogitsMode = "none"
     fill_skipped_kv: bool = False
     similarity: str | torch.Tensor | None = field(default=None, compare=False)
+    prefix: object | None = field(default=None, compare=False)
+    share_cfg_visual: bool = False
     probe: Probe | None = field(default=None, compare=False)
 
     def with_(self, **changes) -> "ExecutionPlan":
         return replace(self, **changes)
+
+    def backbone_signature(self) -> tuple:
+        """What determines the backbone's function: executed layers, FFN and attention ranges."""
+        return (None if self.layers is None else tuple(self.layers),
+                None if self.ffn_ranges is None else tuple(self.ffn_ranges),
+                None if self.attention_ranges is None else tuple(self.attention_ranges))
 
     def ffn_range(self, layer: int) -> tuple[int, int] | None:
         return None if self.ffn_ranges is None else self.ffn_ranges[layer]

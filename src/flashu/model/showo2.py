@@ -15,7 +15,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..config import Showo2Config
-from .cache import KVCache, additive_mask, omni_attention_mask
+from .cache import KVCache, PrefixEntry, additive_mask, omni_attention_mask
 from .layers import (
     FinalLayer, FP32LayerNorm, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
     default_inv_freq, llama3_inv_freq, modulate, rope_tables, swiglu,
@@ -254,12 +254,15 @@ class Showo2(nn.Module):
 
     # ------------------------------------------------------------------ LLM backbone
     def run_backbone(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                     plan: ExecutionPlan = BASELINE, cache: KVCache | None = None) -> BackboneOutput:
+                     plan: ExecutionPlan = BASELINE, cache: KVCache | None = None,
+                     prefix: KVCache | None = None) -> BackboneOutput:
         """The Qwen2 decoder under ``plan``.
 
         ``mask``: additive [B, 1, L, L] over the new positions (the prefill's omni mask); ``None`` with a ``cache``:
         the new positions see the whole cache and, causally, each other (decoding); ``None`` without a cache: full
-        attention. With ``cache``, each executed layer writes its new keys/values into it.
+        attention. With ``cache``, each executed layer writes its new keys/values into it. ``prefix``: keys/values of
+        earlier positions computed once (text-to-image prefix reuse), attended before the new ones; ``mask`` then
+        spans [prefix slots, new positions].
 
         The baseline plan runs every layer through its modules (``layer.mlp.gate_proj(x)``…), so hooks that
         offload or dispatch weights see every call; a plan with neuron or head ranges slices the weights instead.
@@ -294,6 +297,9 @@ class Showo2(nn.Module):
                 x, x_in, q, k, v, cos, sin, positions, mask = _gather_positions(
                     keep, x, x_in, q, k, v, cos, sin, positions, mask)
             layer_mask = mask
+            if prefix is not None:
+                k = torch.cat([prefix.keys[i][:, :, :prefix.capacity], k], dim=2)
+                v = torch.cat([prefix.values[i][:, :, :prefix.capacity], v], dim=2)
             if cache is not None:
                 start = cache.write(i, k, v)
                 if mask is None:  # decoding: attend to the cache
@@ -363,8 +369,12 @@ class Showo2(nn.Module):
 
     # ------------------------------------------------------------------ flow head
     def run_head_blocks(self, hidden: torch.Tensor, c: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                        block_offsets: torch.Tensor, block_len: int) -> torch.Tensor:
-        """``diff_proj`` + the adaLN blocks over the whole sequence; returns the features [B, L, D]."""
+                        block_offsets: torch.Tensor, block_len: int, *, prefix: list | None = None,
+                        capture: list | None = None) -> torch.Tensor:
+        """``diff_proj`` + the adaLN blocks over the given positions (``block_offsets``/``block_len`` say which are
+        the image block, relative to ``hidden``); returns the features [B, L, D]. ``prefix``: per block, the
+        (keys, values) of earlier positions to attend first; ``capture``: a list receiving each block's
+        (keys, values)."""
         head = self.config.head
         x = self.diff_proj(hidden) if hasattr(self, "diff_proj") else hidden
         B, L, _ = x.shape
@@ -372,7 +382,7 @@ class Showo2(nn.Module):
         inside = ((pos[None] >= block_offsets[:, None]) & (pos[None] < block_offsets[:, None] + block_len))[..., None]
         inside_f = inside.to(x.dtype)
         cos, sin = rope_tables(self.head_inv_freq, positions, x.dtype)
-        for block in self.diffusion_head_a:
+        for n, block in enumerate(self.diffusion_head_a):
             mods = block.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
             attn = block.self_attn
@@ -382,6 +392,10 @@ class Showo2(nn.Module):
             k = attn.k_norm(attn.k_proj(h).view(B, L, head.num_kv_heads, head.head_dim)).transpose(1, 2)
             v = attn.v_proj(h).view(B, L, head.num_kv_heads, head.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if capture is not None:
+                capture.append((k, v))
+            if prefix is not None:
+                k, v = torch.cat([prefix[n][0], k], dim=2), torch.cat([prefix[n][1], v], dim=2)
             o = attn.o_proj(attention(q, k, v, mask).transpose(1, 2).reshape(B, L, -1))
             x = x + torch.where(inside, gate_msa.to(x.dtype), 1) * o
             h = modulate(block.post_attention_layernorm(x), inside_f * shift_mlp, inside_f * scale_mlp)
@@ -396,33 +410,97 @@ class Showo2(nn.Module):
     # ------------------------------------------------------------------ one text-to-image evaluation
     def forward_generation(self, latents: torch.Tensor, t: torch.Tensor, inputs: GenerationInputs,
                            plan: ExecutionPlan = BASELINE) -> GenerationOutput:
-        """One denoising evaluation: v(x_t, t) for every row (CFG rows are ordinary rows here)."""
+        """One denoising evaluation: v(x_t, t) for every row (CFG rows are ordinary rows here).
+
+        ``plan.share_cfg_visual``: the rows are [conditional; unconditional] with the same x_t, so the visual
+        branches run on the first half and their output is used for both (exact: it is the same function)."""
         grid = latents.shape[-1] // self.config.patch_size
         c = self.time_conditioning(t)
         backbone = None
         features = plan.head_features
         if features is None or plan.recompute_backbone:
-            length = inputs.input_ids.shape[1] if plan.keep_positions is None else plan.keep_positions
-            ids = inputs.input_ids[:, :length]
-            mask = inputs.mask[..., :length, :length]
-            embeds = self.showo.model.embed_tokens(ids)
-            embeds = self.place_image_block(embeds, inputs.block_offsets, self.time_token(c),
-                                            self.image_tokens(latents))
-            positions = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
-            if isinstance(plan.similarity, str) and plan.similarity == "image":
-                plan = plan.with_(similarity=_block_mask(length, inputs.block_offsets, inputs.block_len))
-            with record_function("flashu.llm"):
-                backbone = self.run_backbone(embeds, positions, mask, plan)
-            if features is None:
-                with record_function("flashu.flow_head"):
-                    full = self.run_head_blocks(backbone.hidden, c, positions, mask, inputs.block_offsets,
-                                                inputs.block_len)
-                index = inputs.block_offsets[:, None] + torch.arange(inputs.block_len, device=full.device)
-                features = full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))
+            if plan.share_cfg_visual:
+                image_tokens = self.image_tokens(latents[: latents.shape[0] // 2]).repeat(2, 1, 1)
+            else:
+                image_tokens = self.image_tokens(latents)
+            if plan.prefix is not None:
+                backbone, block_features = self._generation_after_prefix(image_tokens, c, inputs, plan)
+            else:
+                backbone, block_features = self._generation_full(image_tokens, c, inputs, plan)
+            features = block_features if features is None else features
         with record_function("flashu.flow_head"):
             velocity = self.velocity_from_features(features, c, grid)
         return GenerationOutput(velocity=velocity, head_features=features, backbone=backbone)
 
+    def _generation_full(self, image_tokens, c, inputs: GenerationInputs, plan: ExecutionPlan):
+        """The whole sequence (up to ``keep_positions``) through the backbone and the head blocks."""
+        length = inputs.input_ids.shape[1] if plan.keep_positions is None else plan.keep_positions
+        ids = inputs.input_ids[:, :length]
+        mask = inputs.mask[..., :length, :length]
+        embeds = self.place_image_block(self.showo.model.embed_tokens(ids), inputs.block_offsets, self.time_token(c),
+                                        image_tokens)
+        positions = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
+        if isinstance(plan.similarity, str) and plan.similarity == "image":
+            plan = plan.with_(similarity=_block_mask(length, inputs.block_offsets, inputs.block_len))
+        with record_function("flashu.llm"):
+            backbone = self.run_backbone(embeds, positions, mask, plan)
+        if plan.head_features is not None:
+            return backbone, None
+        with record_function("flashu.flow_head"):
+            full = self.run_head_blocks(backbone.hidden, c, positions, mask, inputs.block_offsets, inputs.block_len)
+        index = inputs.block_offsets[:, None] + torch.arange(inputs.block_len, device=full.device)
+        return backbone, full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))
+
+    def _generation_after_prefix(self, image_tokens, c, inputs: GenerationInputs, plan: ExecutionPlan):
+        """Only the image-block positions, attending to the text prefix's keys/values (``plan.prefix``).
+
+        Every position before a row's block is causal text that never sees the image, in the LLM and in the head
+        (whose adaLN is the identity outside the block): its keys/values are the same at every evaluation, so
+        they are computed once per distinct backbone configuration (layers, FFN and head ranges) and reused."""
+        prefix = self._prefix_entry(inputs, plan)
+        offsets, n = inputs.block_offsets, inputs.block_len
+        B = offsets.shape[0]
+        embeds = torch.cat([self.time_token(c)[:, None].to(image_tokens.dtype), image_tokens], dim=1)
+        positions = offsets[:, None] + torch.arange(n, device=offsets.device)
+        slots = torch.arange(prefix.length + n, device=offsets.device)
+        allowed = (slots[None, :] < offsets[:, None]) | (slots[None, :] >= prefix.length)  # [B, P + n]
+        mask = additive_mask(allowed[:, None, None, :].expand(B, 1, n, -1), embeds.dtype)
+        if isinstance(plan.similarity, str) and plan.similarity == "image":
+            plan = plan.with_(similarity="all")  # every position here is an image-block position
+        with record_function("flashu.llm"):
+            backbone = self.run_backbone(embeds, positions, mask, plan, prefix=prefix.llm)
+        if plan.head_features is not None:
+            return backbone, None
+        with record_function("flashu.flow_head"):
+            features = self.run_head_blocks(backbone.hidden, c, positions, mask, torch.zeros_like(offsets), n,
+                                            prefix=prefix.head)
+        return backbone, features
+
+    def _prefix_entry(self, inputs: GenerationInputs, plan: ExecutionPlan) -> PrefixEntry:
+        """The text prefix's keys/values for this backbone configuration, from ``plan.prefix`` or computed now and
+        stored there: the positions before the last row's block, every row causal (a shorter row's extra
+        positions are masked out when used)."""
+        key = plan.backbone_signature()
+        entry = plan.prefix.entries.get(key)
+        if entry is not None:
+            return entry
+        P = int(inputs.block_offsets.max())
+        ids = inputs.input_ids[:, :P]
+        B = ids.shape[0]
+        positions = torch.arange(P, device=ids.device).expand(B, -1)
+        allowed = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
+        embeds = self.showo.model.embed_tokens(ids)
+        mask = additive_mask(allowed[None, None], embeds.dtype)
+        llm = KVCache.for_model(self, B, P)
+        only = ExecutionPlan(layers=plan.layers, ffn_ranges=plan.ffn_ranges, attention_ranges=plan.attention_ranges)
+        with record_function("flashu.llm"):
+            hidden = self.run_backbone(embeds, positions, mask, only, cache=llm).hidden
+        head: list = []
+        c = self.time_conditioning(torch.zeros(B, device=ids.device))  # unused: no prefix position is modulated
+        with record_function("flashu.flow_head"):
+            self.run_head_blocks(hidden, c, positions, mask, torch.full((B,), P, device=ids.device), 1, capture=head)
+        entry = plan.prefix.entries[key] = PrefixEntry(P, llm, head)
+        return entry
 
     # ------------------------------------------------------------------ understanding
     def understanding_embeddings(self, inputs: UnderstandingInputs) -> torch.Tensor:
