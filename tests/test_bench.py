@@ -28,7 +28,7 @@ def test_schema(report):
         for row in section["rows"]:
             assert len(row["runs_s"]) == 2 and row["min_s"] <= row["median_s"] <= row["max_s"]
             assert row["peak_memory_bytes"] > 0 and row["flops"] > 0
-            assert set(row["components_s"]) >= {"llm", "vae", "siglip"}
+            assert set(row["components_s"]) >= {"llm", "vae", "visual"}
             assert "speedup_vs_none" in row and "speedup_vs_exact" in row
     t2i = {r["config"]: r for r in report["tasks"]["t2i"]["rows"]}
     assert t2i["none"]["fidelity"]["latent_rel_l2"] == 0

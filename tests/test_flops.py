@@ -167,3 +167,12 @@ def test_arguments_are_validated():
         F.generation_step_flops(cfg, image_size=33)
     with pytest.raises(ValueError):
         F.generation_step_flops(cfg, sequence_length=10)
+
+
+@pytest.mark.parametrize("scaled,official", [("small", "1.5b"), ("small-7b", "7b")])
+def test_scaled_presets_keep_the_official_understanding_cost_shares(scaled, official):
+    """A CPU preset stands for a real model in speed measurements only if its work splits the same way."""
+    ours, theirs = F.understanding_cost_shares(preset(scaled)), F.understanding_cost_shares(preset(official))
+    for part in ("llm", "siglip_branch", "vae_encode", "decode_per_token"):
+        assert abs(ours[part] - theirs[part]) <= 3.0, (part, ours[part], theirs[part])
+    assert theirs["llm"] > (80 if official == "7b" else 50)

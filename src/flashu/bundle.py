@@ -20,6 +20,7 @@ class Showo2Bundle:
     special: SpecialTokens
     source: str  # preset name, directory or hub id it came from
     acceleration: object | None = None  # set by flashu.accelerate (model-level, never per-request state)
+    compiled: bool = False  # set by flashu.compile: understanding then decodes with a static KV cache
 
     @property
     def config(self) -> Showo2Config:

@@ -35,7 +35,7 @@ from .metrics import exact_match, psnr, relative_l2, ssim, token_agreement
 
 SCHEMA = "flashu-bench"
 SCHEMA_VERSION = 1
-COMPONENTS = ("siglip", "fusion", "llm", "flow_head", "vae", "decode_loop")
+COMPONENTS = ("visual", "llm", "flow_head", "vae", "decode_loop")
 DEFAULT_PROMPTS = ("a red circle left of a blue square", "a lighthouse on a cliff at sunset")
 DEFAULT_QUESTIONS = ("What color is the circle?", "How many shapes are there?")
 

@@ -265,6 +265,19 @@ def vae_flops(cfg: Showo2Config, image_size: int | None = None, as_executed: boo
     return {"encode": 2.0 * enc, "decode": 2.0 * dec}
 
 
+def understanding_cost_shares(cfg: Showo2Config, question_tokens: int = 6, image_size: int | None = None
+                              ) -> dict[str, float]:
+    """Percent of an understanding query's work in the LLM prefill (LM head included), the SigLIP branch (with
+    patch embeds, fusion and time embedding), the VAE encode (as executed by the official code) and one decoding
+    step: what a scaled-down preset must keep to stand for a real model in speed measurements."""
+    und = understanding_flops(cfg, question_tokens, image_size)
+    parts = {"llm": und["llm_linear"] + und["llm_attention"] + und["lm_head"],
+             "siglip_branch": und["und_trans"] + und["fusion_proj"] + und["time_embed"],
+             "vae_encode": vae_flops(cfg, image_size)["encode"], "decode_per_token": und["decode_per_token"]}
+    total = sum(parts.values())
+    return {k: 100.0 * v / total for k, v in parts.items()}
+
+
 # ---------------------------------------------------------------------------------------------- report
 def model_report(cfg: Showo2Config, steps: int | None = None, image_size: int | None = None,
                  question_tokens: int = 6, answer_tokens: int = 300, cfg_rows: int = 2) -> dict[str, Any]:
@@ -307,6 +320,7 @@ def model_report(cfg: Showo2Config, steps: int | None = None, image_size: int | 
             "vae_encode": vae["encode"],
             "decode": decode,
             "total": vae["encode"] + und["total"] + decode,
+            "cost_shares_percent": understanding_cost_shares(cfg, question_tokens, size),
         },
         "vae": vae,
     }
@@ -339,4 +353,7 @@ def render_report(report: dict[str, Any]) -> str:
         "vae_encode": und["vae_encode"], "decode_per_token": und["decode_per_token"],
         f"decode ({und['answer_tokens']} tokens)": und["decode"], "query total": und["total"],
     })
+    shares = und["cost_shares_percent"]
+    lines.append("understanding cost shares (LLM : SigLIP branch : VAE encode : decode per token): "
+                 + " : ".join(f"{shares[k]:.1f} %" for k in ("llm", "siglip_branch", "vae_encode", "decode_per_token")))
     return "\n".join(lines)

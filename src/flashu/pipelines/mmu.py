@@ -143,14 +143,15 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
 def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str, *, max_new_tokens: int = 300,
            policy: UnderstandingPolicy | None = None, image_size: int | None = None,
            ignore_eos: bool = False, latents: torch.Tensor | None = None, layout: str | None = None,
-           observer=None, static_cache: bool = False) -> Answer:
+           observer=None, static_cache: bool | None = None) -> Answer:
     """Answer ``question`` about ``image`` greedily (KV-cached).
 
     ``ignore_eos``: decode exactly ``max_new_tokens`` tokens, feeding ``<|im_end|>`` back like any token (for
     fixed-length speed measurements); the text still ends at the first ``<|im_end|>``. ``timings["prefill"]``
     covers the visual branches + fusion (also ``timings["prefill_vision"]``) and the backbone prefill (also
     ``timings["prefill_backbone"]``). ``observer``: a :class:`~flashu.pipelines.t2i.StepObserver` (step −1 is the
-    prefill). ``static_cache``: attention spans the whole preallocated cache (fixed shapes, for compiled decoding).
+    prefill). ``static_cache``: attention spans the whole preallocated cache (fixed shapes; default: when the model
+    was compiled with :func:`flashu.compile`).
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise FlashuError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -169,7 +170,8 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str,
     length = inputs.input_ids.shape[1]
     embeds = model.understanding_embeddings(inputs)
     t1 = clock()
-    cache = KVCache.for_model(model, 1, length + max_new_tokens, static=static_cache)
+    static = bundle.compiled if static_cache is None else static_cache
+    cache = KVCache.for_model(model, 1, length + max_new_tokens, static=static)
     plan = _observed(observer, -1, session.prefill_plan())
     out = model.forward_understanding(inputs, plan, cache, embeds=embeds)
     session.observe(-1, out)
