@@ -336,12 +336,22 @@ def manual_priorities(bundle, rec, layer, scorer):
     cos, sin = rope_tables(bundle.model.llm_inv_freq, torch.arange(L)[None], torch.float32)
     q = apply_rope(attn.q_proj(h).view(1, L, -1, cfg.head_dim).transpose(1, 2), cos, sin)
     k = apply_rope(attn.k_proj(h).view(1, L, -1, cfg.head_dim).transpose(1, 2), cos, sin)
+    if scorer == "dart":
+        keys = k[0, :, start:start + n].permute(1, 0, 2).reshape(n, -1)  # [N, kv_heads·d]
+        pivots = keys.norm(dim=-1).topk(8).indices
+        unit = torch.nn.functional.normalize(keys, dim=-1)
+        priority = (unit @ unit[pivots].T).max(dim=-1).values
+        priority[pivots] = float("-inf")
+        return priority
     k = k.repeat_interleave(cfg.num_heads // cfg.num_kv_heads, dim=1)
+    if scorer == "query":
+        probs = ((q[:, :, -1:] @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim)).softmax(-1)
+        return -probs[0, :, 0, start:start + n].mean(dim=0)
     probs = ((q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim) + rec["mask"]).softmax(-1)
     return -probs[0, :, start + n:, start:start + n].mean(dim=(0, 1))  # least attended dropped first
 
 
-@pytest.mark.parametrize("scorer", ["vnorm", "random", "knorm", "attention"])
+@pytest.mark.parametrize("scorer", ["vnorm", "random", "knorm", "attention", "query", "dart"])
 def test_each_scorer_drops_what_its_rule_says(bundle, image, scorer):
     layer = 2
     cfg = understanding(token_prune_ratio=0.5, token_scorer=scorer, token_prune_layer=layer)

@@ -49,7 +49,7 @@ MMU = {
     "layer-skip": (dict(layer_skip_ratio=0.4, layer_skip_interval=3, protect_first_last=False),
                    dict(layer_skip_ratio=0.0)),
     **{f"tokens-{s}": (dict(token_prune_ratio=0.5, token_scorer=s), dict(token_prune_ratio=0.0))
-       for s in ("vnorm", "knorm", "random", "attention")},
+       for s in ("vnorm", "knorm", "random", "attention", "query", "dart")},
 }
 CASES = [("t2i", name) for name in T2I] + [("mmu", name) for name in MMU]
 

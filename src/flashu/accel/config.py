@@ -29,7 +29,7 @@ from ..errors import ConfigError
 
 SCHEMA = "flashu-accel"
 SCHEMA_VERSION = 1
-TOKEN_SCORERS = ("vnorm", "random", "knorm", "attention")
+TOKEN_SCORERS = ("vnorm", "random", "knorm", "attention", "query", "dart")
 SKIP_SCOPES = ("image", "sequence")
 TASKS = ("t2i", "mmu")
 
@@ -115,7 +115,7 @@ class UnderstandingAccelConfig(_Checked):
     protect_first_last: bool = True
     token_prune_ratio: float = 0.5  # ρ: fraction of image tokens dropped at layer K
     token_prune_layer: int = 2  # K
-    token_scorer: str = "vnorm"  # vnorm (drop the largest value norms) | random | knorm | attention
+    token_scorer: str = "vnorm"  # vnorm (largest value norms dropped) | random | knorm | attention | query | dart
     seed: int = 0  # for the random scorer
 
     def validate(self) -> "UnderstandingAccelConfig":

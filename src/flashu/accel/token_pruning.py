@@ -11,7 +11,9 @@ pure functions of what the layer computed (no state): every scorer works with SD
 * ``knorm``: the same on the keys; largest dropped;
 * ``random``: a seeded uniform subset (the same for every request of the same image size);
 * ``attention`` (FastV-style, eager): the attention each image token receives from the text queries after the
-  image block, averaged over heads and those queries; least attended dropped.
+  image block, averaged over heads and those queries; least attended dropped;
+* ``query``: the attention from the last prompt position alone (one query row); least attended dropped;
+* ``dart``: duplication-aware — a few pivots (largest key norms) kept, the tokens most similar to a pivot dropped.
 """
 
 from __future__ import annotations
@@ -128,8 +130,45 @@ class AttentionSelector(VisualTokenSelector):
         return -received  # least attended first
 
 
+class LastQuerySelector(VisualTokenSelector):
+    """Question-aware and cheap: the attention each image token receives from the **last prompt position** alone
+    (the one whose next-token distribution the prefill produces), averaged over query heads: one query row, no map.
+    The least attended are dropped."""
+
+    name = "query"
+    needs_queries = True
+
+    def priority(self, values, keys, hidden, queries):
+        if queries is None:
+            raise ValueError("the query scorer needs the layer's queries")
+        B, Hq, L, d = queries.shape
+        q = queries[:, :, -1:].float()  # [B, Hq, 1, d]
+        k = keys.float().repeat_interleave(Hq // keys.shape[1], dim=1)
+        probs = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)  # the last row is causal: sees everything
+        return -probs[:, :, 0, self.image_start:self.image_stop].mean(dim=1)
+
+
+class DuplicationSelector(VisualTokenSelector):
+    """Duplication-aware (in the spirit of DART, arXiv 2502.11494): a few pivot tokens — the image tokens with the
+    largest key norms — are always kept, and the tokens whose keys are most similar (cosine, all KV heads
+    concatenated) to some pivot are dropped first: they repeat what a kept token already carries. Uses only K, no
+    attention map."""
+
+    name = "dart"
+    pivots = 8
+
+    def priority(self, values, keys, hidden, queries):
+        k = self._image(keys).float().permute(0, 2, 1, 3).flatten(2)  # [B, N, kv_heads·d]
+        k = torch.nn.functional.normalize(k, dim=-1)
+        count = min(self.pivots, self.keep)
+        pivots = self._image(keys).float().pow(2).sum(dim=(1, 3)).topk(count, dim=1).indices  # [B, P]
+        similarity = k @ k.gather(1, pivots[..., None].expand(-1, -1, k.shape[-1])).transpose(1, 2)  # [B, N, P]
+        priority = similarity.max(dim=-1).values
+        return priority.scatter(1, pivots, float("-inf"))  # pivots are never dropped
+
+
 SELECTORS = {"vnorm": ValueNormSelector, "knorm": KeyNormSelector, "random": RandomSelector,
-             "attention": AttentionSelector}
+             "attention": AttentionSelector, "query": LastQuerySelector, "dart": DuplicationSelector}
 
 
 def make_selector(cfg: UnderstandingAccelConfig, image_start: int, image_count: int) -> VisualTokenSelector | None:
