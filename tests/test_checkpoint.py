@@ -211,44 +211,92 @@ def test_missing_directory(tmp_path):
     assert resolve_checkpoint_dir(str(tmp_path)) == tmp_path
 
 
-HUB_ERROR = ("cannot download 'nobody-flashu/does-not-exist' from the Hugging Face Hub (offline?): "
-             "download it elsewhere and pass the local directory")
+def test_hub_id_while_offline_fails_fast(monkeypatch, tmp_path):
+    from huggingface_hub import constants
 
-
-def test_hub_id_while_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     start = time.perf_counter()
     with pytest.raises(CheckpointError) as info:
         resolve_checkpoint_dir("nobody-flashu/does-not-exist")
     assert time.perf_counter() - start < 5
-    assert str(info.value) == HUB_ERROR
+    assert str(info.value) == (
+        "cannot get nobody-flashu/does-not-exist (the Show-o2 checkpoint): HF_HUB_OFFLINE=1 and "
+        f"nobody-flashu/does-not-exist is not in the Hugging Face cache ({tmp_path}); run 'flashu download "
+        "nobody-flashu/does-not-exist' once with network access (HF_HUB_OFFLINE unset)")
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_hub_unreachable_and_download(monkeypatch, tmp_path):
+    import httpx2
     import huggingface_hub
     from huggingface_hub import constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     calls = []
 
-    def unreachable(repo_id, **kwargs):
-        raise huggingface_hub.errors.LocalEntryNotFoundError("cannot reach the hub")
+    def unreachable(self, repo_id, **kwargs):
+        raise httpx2.ConnectError("[Errno 101] Network is unreachable")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
-    with pytest.raises(CheckpointError, match=r"^cannot download 'nobody-flashu/does-not-exist'"):
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
+    with pytest.raises(CheckpointError, match=r"^cannot get nobody-flashu/does-not-exist \(the Show-o2 checkpoint\): "
+                                              r"cannot connect to huggingface.co \(\[Errno 101\] Network is "
+                                              r"unreachable\) and no copy is cached"):
         resolve_checkpoint_dir("nobody-flashu/does-not-exist")
 
     def download(repo_id, **kwargs):
         calls.append((repo_id, kwargs))
         return str(tmp_path)
 
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, repo_id, **kwargs: calls.append(kwargs))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
     assert resolve_checkpoint_dir("showlab/show-o2-1.5B") == tmp_path
-    (repo_id, kwargs), = calls
+    info_kwargs, (repo_id, kwargs) = calls
+    assert 0 < info_kwargs["timeout"] <= 10  # the metadata request cannot hang
     assert repo_id == "showlab/show-o2-1.5B" and not kwargs["local_files_only"]
-    assert {"*.json", "*.bin", "*.safetensors"} <= set(kwargs["allow_patterns"])
+    assert {"*.json", "*.bin", "*.safetensors", "Wan2.1_VAE.pth"} <= set(kwargs["allow_patterns"])
+    calls.clear()
+    assert resolve_checkpoint_dir("showlab/show-o2-1.5B", config_only=True) == tmp_path
+    assert calls[1][1]["allow_patterns"] == ["config.json"]
+
+
+def test_reading_shows_progress_per_shard(reference, tmp_path, capsys):
+    files = write_official_sharded_bin(reference[0], tmp_path, shard_bytes=200_000)
+    shards = len(files) - 1
+    assert shards > 1
+    quiet = read_state_dict(tmp_path)  # progress is off by default
+    assert capsys.readouterr().err == ""
+    loud = read_state_dict(tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "reading weights" in err and "100%" in err and files[-2].name in err
+    assert quiet.keys() == loud.keys()
+    single = tmp_path / "single"
+    write_official_bin(reference[0], single)
+    read_state_dict(single, progress=True)  # one small file: no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_loading_shows_progress_when_asked(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """Bars for reading the files and casting to the run's dtype (thresholds lowered: real ones start at 1 GiB)."""
+    import flashu
+    from flashu.io import checkpoint, loading
+
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "ckpt")
+    capsys.readouterr()
+    monkeypatch.setattr(checkpoint, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(loading, "PROGRESS_MIN_BYTES", 0)
+    quiet = flashu.load_model(str(directory), dtype="bfloat16", device="cpu", progress=False)
+    assert capsys.readouterr().err == ""
+    loud = flashu.load_model(str(directory), dtype="bfloat16", device="cpu")
+    err = capsys.readouterr().err
+    assert "reading weights" in err and "model.safetensors" in err and "converting to bfloat16" in err
+    expected = {k: v.to(torch.bfloat16) for k, v in tiny_bundle.model.state_dict().items()}
+    for bundle in (quiet, loud):
+        got = bundle.model.state_dict()
+        assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], expected[k]) for k in expected)
+        assert bundle.model.get_parameter(LM_HEAD_KEY) is bundle.model.get_parameter(EMBED_KEY)
 
 
 def test_sharded_safetensors_index(reference, tmp_path):

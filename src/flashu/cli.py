@@ -53,10 +53,12 @@ dtype_option = click.option("--dtype", default="auto", show_default=True,
                             help="float32, bfloat16, float16 or auto (bf16 on CUDA, fp32 on CPU).")
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
                                help="Progress bars (calibration included).")
-tokenizer_option = click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
-                                help="Directory (or hub id) with the tokenizer files, instead of the checkpoint's.")
+tokenizer_option = click.option("--tokenizer", "tokenizer_dir", default=None,
+                                help="Directory or hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) with the tokenizer files, "
+                                     "instead of the checkpoint's or its llm_model_path.")
 vae_option = click.option("--vae", "vae_dir", default=None,
-                          help="Directory (or hub id) with the VAE weights, instead of the checkpoint's.")
+                          help="Directory or hub id with the VAE weights (Wan2.1_VAE.pth, a diffusers vae/ folder or "
+                               "vae.safetensors) instead of the checkpoint's or Wan-AI/Wan2.1-T2V-14B; none: no VAE.")
 
 
 def _accel_options(func):
@@ -75,10 +77,10 @@ def main() -> None:
     _quiet_libraries()
 
 
-def _load(model: str, device: str, dtype: str, tokenizer=None, vae=None):
+def _load(model: str, device: str, dtype: str, tokenizer=None, vae=None, progress: bool = True):
     from .io.loading import load_model
 
-    return load_model(model, dtype=dtype, device=device, tokenizer=tokenizer, vae=vae)
+    return load_model(model, dtype=dtype, device=device, tokenizer=tokenizer, vae=vae, progress=progress)
 
 
 def _scores(files) -> dict:
@@ -140,7 +142,7 @@ def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, prog
     from .accel.api import accelerated
     from .pipelines.t2i import generate as run
 
-    bundle = _load(model, device, dtype, tokenizer_dir, vae_dir)
+    bundle = _load(model, device, dtype, tokenizer_dir, vae_dir, progress)
     with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files), progress=progress):
         result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
                      progress=progress, noise_dtype=noise_dtype)
@@ -194,7 +196,7 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
     from .pipelines.mmu import answer
 
     picture = load_image(image)  # fail on a bad image before loading the model
-    bundle = _load(model, device, dtype, tokenizer_dir, vae_dir)
+    bundle = _load(model, device, dtype, tokenizer_dir, vae_dir, progress)
     with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files), progress=progress):
         result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
                         layout=layout)
@@ -206,6 +208,27 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
     stats = {k: v for k, v in result.stats.items() if not isinstance(v, (list, dict))}
     if stats:
         _err("acceleration: " + "  ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+# ---------------------------------------------------------------------------------------------------- download
+@main.command("download")
+@click.argument("model")
+@tokenizer_option
+@vae_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@progress_option
+def download_command(model, tokenizer_dir, vae_dir, as_json, progress):
+    """Fetch a Show-o2 checkpoint with its tokenizer and VAE, ahead of time, and print where each part is.
+
+    MODEL is a hub id (official: showlab/show-o2-1.5B, showlab/show-o2-1.5B-HQ, showlab/show-o2-7B) or a local
+    checkpoint directory. The tokenizer comes from the repository config.json names in llm_model_path (tokenizer files
+    only), the VAE is Wan2.1_VAE.pth from Wan-AI/Wan2.1-T2V-14B, unless the checkpoint holds them or --tokenizer /
+    --vae say otherwise. Everything goes into the Hugging Face cache (HF_HOME); later runs work with HF_HUB_OFFLINE=1.
+    """
+    from .io.hub import download
+
+    resolved = download(model, tokenizer=tokenizer_dir, vae=vae_dir, progress=progress)
+    click.echo(json.dumps(resolved.to_dict(), indent=2) if as_json else resolved.describe())
 
 
 # ---------------------------------------------------------------------------------------------------- calibrate
@@ -266,7 +289,7 @@ def info(model, steps, question_tokens, as_json):
     else:
         from .io.checkpoint import resolve_checkpoint_dir
 
-        directory = resolve_checkpoint_dir(model)
+        directory = resolve_checkpoint_dir(model, config_only=True)
         if not (directory / "config.json").is_file():
             raise FlashuError(f"{directory} has no config.json; it is not a Show-o2 checkpoint directory")
         cfg = load_config_file(directory / "config.json")

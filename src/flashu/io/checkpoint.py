@@ -11,18 +11,17 @@ plain containers but can never run code while loading.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .hub import CHECKPOINT_PATTERNS, checkpoint_dir
 
 LM_HEAD_KEY = "showo.lm_head.weight"
 EMBED_KEY = "showo.model.embed_tokens.weight"
@@ -32,95 +31,78 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 BIN_NAME = "pytorch_model.bin"
 DIFFUSERS_BIN_INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
 
-# Everything read_state_dict (and the config/tokenizer loaders) may read; nothing else is downloaded.
-HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+# Everything read_state_dict (and the config/tokenizer/VAE loaders) may read; nothing else is downloaded.
+HUB_ALLOW_PATTERNS = CHECKPOINT_PATTERNS
+# Reading shows a progress bar (per file, in bytes) for several files or at least this many bytes.
+PROGRESS_MIN_BYTES = 2**30
 
 ACCEPTED_WEIGHTS = (
     "model.safetensors, diffusion_pytorch_model.safetensors, *.safetensors.index.json, pytorch_model.bin, "
     "diffusion_pytorch_model.bin, *.bin.index.json, or pytorch_model-*.bin shards"
 )
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", re.ASCII)
 _MAX_LISTED = 10
 
 
 # ---------------------------------------------------------------------------------------------------- locating
-def resolve_checkpoint_dir(name_or_path: str) -> Path:
-    """A local model directory, downloading ``owner/name`` from the Hugging Face Hub when it is not one."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"{name_or_path} is a file; pass the model directory that holds it")
-    if not _looks_like_hub_id(name_or_path):
-        from ..config import MODEL_PRESET_NAMES
+def resolve_checkpoint_dir(name_or_path: str, *, config_only: bool = False, progress: bool = True) -> Path:
+    """A local model directory, or the snapshot of hub id ``owner/name`` in the Hugging Face cache (downloaded when
+    missing; with ``HF_HUB_OFFLINE=1`` only the cache is looked at). ``config_only``: fetch just ``config.json``.
 
-        raise CheckpointError(f"no such model directory: {name_or_path} (presets are {', '.join(MODEL_PRESET_NAMES)}; "
-                              "hub ids look like owner/name)")
-
-    from huggingface_hub import snapshot_download
-
-    try:
-        # Offline, only a complete earlier download in the local cache can answer (no network attempt at all).
-        local = snapshot_download(name_or_path, allow_patterns=HUB_ALLOW_PATTERNS, etag_timeout=10,
-                                  local_files_only=_hub_offline())
-    except _hub_errors():
-        raise CheckpointError(
-            f"cannot download {name_or_path!r} from the Hugging Face Hub (offline?): "
-            "download it elsewhere and pass the local directory"
-        ) from None
-    return Path(local)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return _HUB_ID.fullmatch(name) is not None and ".." not in name and "--" not in name
-
-
-def _hub_offline() -> bool:
-    # huggingface_hub reads HF_HUB_OFFLINE once at import; read the variable itself so later changes count too.
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    # Hub errors (missing repo, offline mode, no cached snapshot) are OSErrors, invalid ids ValueErrors; recent
-    # versions raise raw httpx transport errors (connection refused, timeouts), which are not OSErrors.
-    from huggingface_hub import errors
-
-    return (OSError, ValueError, getattr(errors, "HTTPError", OSError))
+    Only the Show-o2 repository itself: :func:`flashu.io.hub.resolve_model` also finds the tokenizer and the VAE.
+    """
+    return checkpoint_dir(name_or_path, config_only=config_only, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(directory: str | Path, *, progress: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in ``directory``, with the dtypes stored in the files, on the CPU.
 
     Looked for in this order: ``model.safetensors``, ``diffusion_pytorch_model.safetensors``,
     ``*.safetensors.index.json``, ``pytorch_model.bin``, ``diffusion_pytorch_model.bin``, ``*.bin.index.json``
     (e.g. diffusers' ``diffusion_pytorch_model.bin.index.json``), then all ``pytorch_model-*.bin`` shards.
+
+    ``progress``: a bar per file read (in bytes) when there are several files or at least 1 GiB.
     """
+    files = weight_files(directory)
+    sizes = [f.stat().st_size for f in files]
+    show = progress and (len(files) > 1 or sum(sizes) >= PROGRESS_MIN_BYTES)
+    from tqdm.auto import tqdm
+
+    merged: dict[str, torch.Tensor] = {}
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, unit_divisor=1024, desc="reading weights",
+              disable=not show, dynamic_ncols=True) as bar:
+        for path, size in zip(files, sizes):
+            bar.set_postfix_str(path.name, refresh=False)
+            merged.update(_read_file(path))
+            bar.update(size)
+    return merged
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The weight files :func:`read_state_dict` reads from ``directory``, in order (see there)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"no such model directory: {directory}")
     for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
         if (directory / name).is_file():
-            return _read_file(directory / name)
+            return [directory / name]
     indexes = [directory / SAFETENSORS_INDEX_NAME] + sorted(directory.glob("*.safetensors.index.json"))
     for index in indexes:
         if index.is_file():
-            return _read_index(index)
+            return _index_files(index)
     for name in (BIN_NAME, "diffusion_pytorch_model.bin"):
         if (directory / name).is_file():
-            return _read_file(directory / name)
+            return [directory / name]
     for index in sorted(directory.glob("*.bin.index.json")):
-        return _read_index(index)
+        return _index_files(index)
     shards = sorted(directory.glob("pytorch_model-*.bin"))
     if shards:
-        return _merge(shards)
+        return shards
     raise CheckpointError(f"no weights found in {directory}: expected {ACCEPTED_WEIGHTS}")
 
 
-def _read_index(index: Path) -> dict[str, torch.Tensor]:
+def _index_files(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         shard_names = list(dict.fromkeys(weight_map.values()))  # unique, in order
@@ -131,14 +113,7 @@ def _read_index(index: Path) -> dict[str, torch.Tensor]:
         if not shard.is_file():
             raise CheckpointError(f"{index.name} names shard {shard.name}, which is missing from {index.parent} "
                                   "(incomplete download?)")
-    return _merge(shards)
-
-
-def _merge(files: Iterable[Path]) -> dict[str, torch.Tensor]:
-    merged: dict[str, torch.Tensor] = {}
-    for path in files:
-        merged.update(_read_file(path))
-    return merged
+    return shards
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:

@@ -1,4 +1,8 @@
-"""``load_model`` / ``save_pretrained``: presets, local directories in the official layout, hub ids."""
+"""``load_model`` / ``save_pretrained``: presets, local directories in the official layout, hub ids.
+
+A hub id (``showlab/show-o2-1.5B``) or a directory is resolved by :func:`flashu.io.hub.resolve_model` into its three
+parts: the Show-o2 weights, the tokenizer (``llm_model_path``) and the Wan2.1 VAE.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from pathlib import Path
 import torch
 
 from ..bundle import Showo2Bundle
-from .checkpoint import load_into, read_state_dict, resolve_checkpoint_dir, write_safetensors
-from ..config import MODEL_PRESET_NAMES, Showo2Config, load_config_file, preset
+from .checkpoint import PROGRESS_MIN_BYTES, load_into, read_state_dict, write_safetensors
+from ..config import MODEL_PRESET_NAMES, Showo2Config, preset
 from ..errors import CheckpointError, FlashuError
 from ..model import Showo2
 from .tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
@@ -46,18 +50,25 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-               seed: int = 0, tokenizer: str | Path | None = None, vae: str | Path | None = None) -> Showo2Bundle:
+               seed: int = 0, tokenizer: str | Path | None = None, vae: str | Path | None = None,
+               progress: bool = True) -> Showo2Bundle:
     """Load Show-o2: a preset name (random weights, seeded), a local directory, or a hub id.
 
     Directories may hold the official layout (``config.json`` + ``pytorch_model.bin``, sharded ``.bin`` with an
     index, or safetensors) or ours (``save_pretrained``). The Qwen2.5 tokenizer files and the VAE
-    (``Wan2.1_VAE.pth``, a diffusers ``vae/`` folder or ``vae.safetensors``) are read from the same directory.
+    (``Wan2.1_VAE.pth``, a diffusers ``vae/`` folder or ``vae.safetensors``) are read from the same directory when
+    they are there; otherwise the tokenizer comes from the hub repository ``config.json`` names in
+    ``llm_model_path`` (e.g. ``Qwen/Qwen2.5-1.5B-Instruct``, tokenizer files only) and the VAE is
+    ``Wan2.1_VAE.pth`` from ``Wan-AI/Wan2.1-T2V-14B``. A hub id (``showlab/show-o2-1.5B``, ``-1.5B-HQ``, ``-7B``)
+    downloads all three into the Hugging Face cache (``flashu.download`` does it ahead of time; with
+    ``HF_HUB_OFFLINE=1`` only the cache is used).
 
     ``"testbed"`` is the trained shapes-world model shipped inside the package (:func:`testbed_dir`), not random
     weights; ``preset("testbed")`` alone is its architecture.
 
-    ``tokenizer``/``vae``: directories to read the tokenizer files / the VAE weights from instead of the checkpoint
-    directory; ``vae="none"`` loads no VAE (generation then returns latents only, understanding takes latents).
+    ``tokenizer``/``vae``: a directory or a hub id to read the tokenizer files / the VAE weights from instead;
+    ``vae="none"`` loads no VAE (generation then returns latents only, understanding takes latents).
+    ``progress``: progress bars for downloads and for reading a multi-file or multi-GB checkpoint.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -68,22 +79,19 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
                 f"the packaged testbed checkpoint is missing from {directory}; reinstall flashu, or train it with "
                 "'python -m flashu.testbed.train' (see flashu/testbed/train.py)"
             )
-        bundle = load_model(str(directory), dtype=dt, device=dev, seed=seed)
+        bundle = load_model(str(directory), dtype=dt, device=dev, seed=seed, progress=progress)
         bundle.source = TESTBED
         return bundle
     if name_or_path.lower() in MODEL_PRESET_NAMES:
         return _random_preset(name_or_path.lower(), dt, dev, seed)
-    directory = resolve_checkpoint_dir(name_or_path)
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{directory} has no config.json; it is not a Show-o2 checkpoint directory")
-    config = load_config_file(config_file)
-    state = read_state_dict(directory)
-    tok = load_tokenizer(config, Path(tokenizer) if tokenizer is not None else directory)
+    from .hub import resolve_model
+
+    parts = resolve_model(name_or_path, tokenizer=tokenizer, vae=vae, progress=progress)  # downloads, if any, first
+    config = parts.config
+    tok = load_tokenizer(config, parts.tokenizer)
     special = SpecialTokens.from_tokenizer(tok)
-    codec = None
-    if vae is None or str(vae).lower() != "none":
-        codec = LatentCodec(load_vae(Path(vae) if vae is not None else directory, config.vae))
+    codec = None if parts.vae is None else LatentCodec(load_vae(parts.vae, config.vae))
+    state = _cast_floating(read_state_dict(parts.checkpoint, progress=progress), dt, progress)
     with torch.device("meta"):
         model = Showo2(config)
     load_into(model, state, tied_lm_head=config.llm.tie_word_embeddings)
@@ -92,6 +100,31 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
     if codec is not None:
         codec.vae.to(dev)
     return Showo2Bundle(model=model, tokenizer=tok, codec=codec, special=special, source=str(name_or_path))
+
+
+def _cast_floating(state: dict[str, torch.Tensor], dtype: torch.dtype, progress: bool) -> dict[str, torch.Tensor]:
+    """Floating tensors cast to ``dtype`` on the CPU (what ``model.to(dtype)`` would do after loading), with a
+    progress bar in bytes for a multi-GB checkpoint: with memory-mapped files this is where the bytes are read.
+    Tensors that share storage are cast once."""
+    todo = [k for k, t in state.items() if t.is_floating_point() and t.dtype != dtype]
+    if not todo:
+        return state
+    total = sum(state[k].numel() * state[k].element_size() for k in todo)
+    from tqdm.auto import tqdm
+
+    done: dict[tuple, torch.Tensor] = {}
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
+              desc=f"converting to {str(dtype).removeprefix('torch.')}",
+              disable=not (progress and total >= PROGRESS_MIN_BYTES)) as bar:
+        for key in todo:
+            tensor = state[key]
+            ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                     tuple(tensor.stride()))
+            if ident not in done:
+                done[ident] = tensor.to(dtype)
+            state[key] = done[ident]
+            bar.update(tensor.numel() * tensor.element_size())
+    return state
 
 
 TESTBED = "testbed"
