@@ -48,6 +48,8 @@ MMU = {
     "ffn-pruning": (dict(prune_ratio=0.5, prune_alignment=16), dict(prune_ratio=0.0)),
     "layer-skip": (dict(layer_skip_ratio=0.4, layer_skip_interval=3, protect_first_last=False),
                    dict(layer_skip_ratio=0.0)),
+    "speculative": (dict(speculative_decoding=True, draft_skip_ratio=0.4, draft_tokens=2),
+                    dict(speculative_decoding=False)),
     **{f"tokens-{s}": (dict(token_prune_ratio=0.5, token_scorer=s), dict(token_prune_ratio=0.0))
        for s in ("vnorm", "knorm", "random", "attention", "query", "dart")},
 }
@@ -415,3 +417,33 @@ def test_prefix_reuse_on_trained_weights():
     testbed = flashu.load_model("testbed")
     scores = {"t2i": calibrate(testbed, "t2i", samples=2, steps=3, progress=False)}
     _prefix_reuse_matches(testbed, scores, ["a red circle left of a blue square", "a green triangle"], 12)
+
+
+@pytest.mark.parametrize("target", [{}, dict(prune_ratio=0.5, prune_alignment=16)])
+def test_speculative_decoding_emits_the_target_plans_tokens(bundle, scores, image, target):
+    """Lossless: the same tokens as greedy decoding with the target plan (full depth, its FFN range)."""
+    with flashu.accelerated(bundle, config("mmu", target), scores=scores):
+        want = [flashu.answer(bundle, image, q, max_new_tokens=20, ignore_eos=True).token_ids
+                for q in (QUESTION, "describe the image")]
+    spec = dict(target, speculative_decoding=True, draft_skip_ratio=0.4, draft_tokens=3, max_draft_tokens=5)
+    with flashu.accelerated(bundle, config("mmu", spec), scores=scores):
+        got = [flashu.answer(bundle, image, q, max_new_tokens=20, ignore_eos=True) for q in
+               (QUESTION, "describe the image")]
+    assert [g.token_ids for g in got] == want
+    stats = got[0].stats
+    assert stats["speculative_rounds"] < 19 and stats["drafted_tokens"] > 0  # fewer target forwards than tokens
+
+
+def test_speculative_decoding_on_trained_weights_stops_at_eos():
+    from flashu.testbed import world
+
+    testbed = flashu.load_model("testbed")
+    spec = config("mmu", dict(speculative_decoding=True, draft_skip_ratio=0.2, draft_tokens=3))
+    for index in range(3):
+        example = world.sample("test", index)
+        for qa in example.qas[:2]:
+            want = flashu.answer(testbed, example.image, qa.question, max_new_tokens=24)
+            with flashu.accelerated(testbed, spec):
+                got = flashu.answer(testbed, example.image, qa.question, max_new_tokens=24)
+            assert got.token_ids == want.token_ids and got.text == want.text
+            assert got.token_ids[-1] == testbed.special.eos

@@ -122,6 +122,8 @@ def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
                               "prunes some but not all")
     if und is not None:
         skip_count(und.layer_skip_ratio, llm.num_layers, "understanding.layer_skip_ratio")
+        if und.speculative_decoding:
+            skip_count(und.draft_skip_ratio, llm.num_layers, "understanding.draft_skip_ratio")
         if und.token_prune_ratio > 0 and und.token_prune_layer >= llm.num_layers:
             raise ConfigError(f"understanding.token_prune_layer {und.token_prune_layer} must be below this model's "
                               f"{llm.num_layers} decoder layers")

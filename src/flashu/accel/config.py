@@ -117,6 +117,10 @@ class UnderstandingAccelConfig(_Checked):
     token_prune_layer: int = 2  # K
     token_scorer: str = "vnorm"  # vnorm (largest value norms dropped) | random | knorm | attention | query | dart
     seed: int = 0  # for the random scorer
+    speculative_decoding: bool = False  # lossless: a layer-skipping draft verified by the full-depth plan
+    draft_skip_ratio: float = 0.5  # layers the draft skips (ranked at prefill by the last token's similarity)
+    draft_tokens: int = 4  # initial draft length k (adapted per round)
+    max_draft_tokens: int = 8
 
     def validate(self) -> "UnderstandingAccelConfig":
         self._check_types("understanding")
@@ -129,6 +133,14 @@ class UnderstandingAccelConfig(_Checked):
         _non_negative("understanding.seed", self.seed)
         if self.token_scorer not in TOKEN_SCORERS:
             raise ConfigError(f"understanding.token_scorer must be one of {TOKEN_SCORERS}, got {self.token_scorer!r}")
+        _ratio("understanding.draft_skip_ratio", self.draft_skip_ratio)
+        _positive("understanding.draft_tokens", self.draft_tokens)
+        _positive("understanding.max_draft_tokens", self.max_draft_tokens)
+        if self.draft_tokens > self.max_draft_tokens:
+            raise ConfigError("understanding.draft_tokens must not exceed understanding.max_draft_tokens")
+        if self.speculative_decoding and self.layer_skip_ratio > 0:
+            raise ConfigError("understanding.speculative_decoding replaces lossy layer skipping while decoding: set "
+                              "understanding.layer_skip_ratio to 0")
         return self
 
     @classmethod
@@ -147,7 +159,8 @@ class UnderstandingAccelConfig(_Checked):
 _GENERATION_OFF = dict(prune_ratio=0.0, attention_group_prune_ratio=0.0, layer_skip_ratio=0.0, full_ffn_fraction=0.0,
                        head_cache_interval=0, step_fraction=1.0, guidance_low_factor=1.0, guidance_low_fraction=0.0,
                        lazy_backbone=False, exact_trims=False, prefix_reuse=False, share_cfg_visual=False)
-_UNDERSTANDING_OFF = dict(prune_ratio=0.0, layer_skip_ratio=0.0, skip_in_prefill=False, token_prune_ratio=0.0)
+_UNDERSTANDING_OFF = dict(prune_ratio=0.0, layer_skip_ratio=0.0, skip_in_prefill=False, token_prune_ratio=0.0,
+                          speculative_decoding=False)
 
 
 @dataclass

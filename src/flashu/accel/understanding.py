@@ -89,6 +89,7 @@ from ..errors import ConfigError
 from ..model import BackboneOutput, ExecutionPlan
 from .config import UnderstandingAccelConfig
 from .layer_skip import active_layers, least_important_layers, skip_count
+from .speculative import SelfSpeculation
 from .token_pruning import make_selector
 
 
@@ -130,6 +131,7 @@ class FlashUUnderstandingSession:
             self._prefill_layers = active_layers(self.skipped, num_layers)
             self.counters.prefill_layers_skipped = len(self.skipped)
         self._ranking = False
+        self.speculation = SelfSpeculation(cfg, num_layers, ffn_ranges) if cfg.speculative_decoding else None
 
     # -- decisions ----------------------------------------------------------------------------------------
     def ranks_at(self, index: int) -> bool:
@@ -139,9 +141,10 @@ class FlashUUnderstandingSession:
 
     def prefill_plan(self) -> ExecutionPlan:
         self._ranking = self.skip_count > 0 and not self.cfg.skip_in_prefill
+        measure = self._ranking or self.speculation is not None
         # a layer skipped in prefill still writes the prompt's keys/values, or it would later decode blind
         return ExecutionPlan(layers=self._prefill_layers, ffn_ranges=self.ffn_ranges, token_selector=self.selector,
-                             logits="last", fill_skipped_kv=True, similarity="last" if self._ranking else None)
+                             logits="last", fill_skipped_kv=True, similarity="last" if measure else None)
 
     def decode_plan(self, index: int) -> ExecutionPlan:
         self._ranking = self.ranks_at(index)
@@ -153,6 +156,8 @@ class FlashUUnderstandingSession:
         c = self.counters
         if index < 0:
             c.prefill_tokens_kept = int(output.hidden.shape[1])
+            if self.speculation is not None:
+                self.speculation.rank(output.similarity)
         else:
             c.decode_steps += 1
             c.skipped_per_step.append(0 if self._ranking else len(self.skipped))
@@ -191,6 +196,7 @@ class FlashUUnderstandingSession:
             "full_depth_decode_steps": sum(1 for s in c.ranking_steps if s >= 1),
             "layers_skipped_per_step": list(steps),
             "mean_layers_skipped_per_step": (sum(steps) / len(steps)) if steps else 0.0,
+            **({} if self.speculation is None else self.speculation.stats()),
         }
 
 

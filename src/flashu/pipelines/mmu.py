@@ -185,8 +185,9 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str,
     timings["prefill_backbone"] = t2 - t1
 
     t0 = clock()
+    decode = _speculative_decode if getattr(session, "speculation", None) is not None else _greedy_decode
     with record_function("flashu.decode_loop"):
-        tokens = _greedy_decode(bundle, session, cache, first, length, max_new_tokens, ignore_eos, observer)
+        tokens = decode(bundle, session, cache, first, length, max_new_tokens, ignore_eos, observer)
     timings["decode"] = clock() - t0
     eos = bundle.special.eos
     answer_ids = tokens[:tokens.index(eos)] if eos in tokens else tokens
@@ -231,6 +232,47 @@ def _greedy_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: K
         pending.append(token)
     if pending:
         tokens += torch.cat(pending, dim=1)[0].tolist()
+    return tokens
+
+
+def _speculative_decode(bundle: Showo2Bundle, session: UnderstandingSession, cache: KVCache, first: torch.Tensor,
+                        length: int, max_new_tokens: int, ignore_eos: bool, observer=None) -> list[int]:
+    """Self-speculative decoding (``session.speculation`` decides the plans and the draft length): each round the
+    draft plan proposes k tokens, one forward of the target plan scores them all, the agreeing prefix and the
+    target's next token are kept and the cache is rolled back past the rest. One host read per round."""
+    spec = session.speculation
+    model, eos, device = bundle.model, bundle.special.eos, bundle.device
+    tokens = first[0].tolist()
+    last, position = first, length  # the last emitted token is not in the cache yet; it sits at `position`
+    step = 1
+    while len(tokens) < max_new_tokens and (ignore_eos or eos not in tokens):
+        k = spec.depth(max_new_tokens - len(tokens))
+        before = cache.snapshot()
+        drafts, token = [], last
+        for j in range(k):
+            out = model.decode_step(token, torch.tensor([[position + j]], device=device), spec.draft_plan(), cache)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            drafts.append(token)
+        cache.rollback(before)
+        proposed = torch.cat([last, *drafts], dim=1)  # [1, k + 1]
+        positions = position + torch.arange(k + 1, device=device)[None]
+        plan = _observed(observer, step, spec.verify_plan())
+        out = model.decode_step(proposed, positions, plan, cache)
+        if observer is not None:
+            observer.observe(step, plan, out)
+        target = out.logits[0].argmax(-1)  # the target's token after each proposed one [k + 1]
+        said, wanted = proposed[0, 1:].tolist(), target.tolist()
+        accepted = 0
+        while accepted < k and said[accepted] == wanted[accepted]:
+            accepted += 1
+        written = cache.lengths - before
+        cache.rollback(before + written.clamp(max=accepted + 1))  # keep the accepted tokens' entries only
+        spec.update(k, accepted)
+        tokens += wanted[: accepted + 1]
+        last, position, step = target[accepted].view(1, 1), position + accepted + 1, step + 1
+    tokens = tokens[:max_new_tokens]
+    if not ignore_eos and eos in tokens:
+        tokens = tokens[: tokens.index(eos) + 1]
     return tokens
 
 

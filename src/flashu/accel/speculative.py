@@ -1,0 +1,63 @@
+"""Lossless self-speculative decoding (Draft & Verify, arXiv 2309.08168; LayerSkip, arXiv 2404.16710; SWIFT,
+arXiv 2410.06916): the model with some decoder layers skipped drafts ``k`` tokens, the target plan verifies all of
+them in one forward, and the longest agreeing prefix plus the target's own next token are emitted — exactly the
+tokens the target plan's greedy decoding would emit (up to float rounding), in fewer target forwards.
+
+* **Draft plan**: the target's FFN range with the ``⌊draft_skip_ratio · L⌋`` layers skipped that changed the last
+  prompt token least in the prefill (ranked by ``1 − cos(h_in, h_out)``, first and last layers kept). A skipped
+  layer writes no keys/values: the draft's cache entries are overwritten by the verification anyway.
+* **Verification**: the target plan on ``[last accepted token, d₁ … d_k]`` at their positions, logits at every one.
+  The cache is first rolled back to before the drafts, so the verification writes the exact keys/values; after it,
+  each layer keeps the entries of the accepted tokens only.
+* **Adaptive k**: all ``k`` accepted → ``k + 1`` (up to ``max_draft_tokens``); fewer than half → ``k − 1`` (≥ 1).
+
+This module only decides (plans, depth); ``pipelines/mmu`` runs the loop.
+"""
+
+from __future__ import annotations
+
+from ..model import ExecutionPlan
+from .config import UnderstandingAccelConfig
+from .layer_skip import active_layers, least_important_layers, skip_count
+
+
+class SelfSpeculation:
+    """Per-answer state of self-speculative decoding (lives in the understanding session)."""
+
+    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ffn_ranges):
+        self.num_layers = num_layers
+        self.ffn_ranges = ffn_ranges
+        self.skip = skip_count(cfg.draft_skip_ratio, num_layers, "understanding.draft_skip_ratio")
+        self.k = cfg.draft_tokens
+        self.max_k = cfg.max_draft_tokens
+        self.draft_layers: list[int] | None = None
+        self.rounds = self.drafted = self.accepted = 0
+
+    def rank(self, similarity) -> None:
+        """Choose the draft's skipped layers from the prefill's last-token similarity."""
+        skipped = least_important_layers(similarity, self.skip, self.num_layers, protect_first_last=True)
+        self.draft_layers = active_layers(skipped, self.num_layers)
+
+    def depth(self, remaining: int) -> int:
+        """Drafts for the next round when ``remaining`` tokens may still be emitted (a round emits up to k + 1)."""
+        return max(0, min(self.k, remaining - 1))
+
+    def draft_plan(self) -> ExecutionPlan:
+        return ExecutionPlan(layers=self.draft_layers, ffn_ranges=self.ffn_ranges, logits="last")
+
+    def verify_plan(self) -> ExecutionPlan:
+        return ExecutionPlan(ffn_ranges=self.ffn_ranges, logits="all")
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        if drafted and accepted == drafted:
+            self.k = min(self.k + 1, self.max_k)
+        elif accepted < drafted / 2:
+            self.k = max(1, self.k - 1)
+
+    def stats(self) -> dict:
+        return {"speculative_rounds": self.rounds, "drafted_tokens": self.drafted, "accepted_tokens": self.accepted,
+                "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
+                "draft_layers": None if self.draft_layers is None else len(self.draft_layers)}
