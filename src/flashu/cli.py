@@ -56,6 +56,8 @@ progress_option = click.option("--progress/--no-progress", default=True, show_de
 tokenizer_option = click.option("--tokenizer", "tokenizer_dir", default=None,
                                 help="Directory or hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) with the tokenizer files, "
                                      "instead of the checkpoint's or its llm_model_path.")
+compile_option = click.option("--compile", "compile_model", is_flag=True,
+                              help="torch.compile the model's forward pieces (fullgraph) before running.")
 vae_option = click.option("--vae", "vae_dir", default=None,
                           help="Directory or hub id with the VAE weights (Wan2.1_VAE.pth, a diffusers vae/ folder or "
                                "vae.safetensors) instead of the checkpoint's or Wan-AI/Wan2.1-T2V-14B; none: no VAE.")
@@ -121,12 +123,13 @@ def _check_steps_seed(steps: int | None, seed: int) -> None:
               help="bfloat16 rounds the initial noise as the official inference_t2i.py does.")
 @progress_option
 @_accel_options
+@compile_option
 @tokenizer_option
 @vae_option
 @device_option
 @dtype_option
 def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, progress, accel, scores_files,
-             tokenizer_dir, vae_dir, device, dtype):
+             compile_model, tokenizer_dir, vae_dir, device, dtype):
     """Generate images from text prompts."""
     from .io.paths import IMAGE_SUFFIXES, check_text, writable_dir, writable_file
 
@@ -143,6 +146,10 @@ def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, prog
     from .pipelines.t2i import generate as run
 
     bundle = _load(model, device, dtype, tokenizer_dir, vae_dir, progress)
+    if compile_model:
+        from .compiled import compile as compile_bundle
+
+        compile_bundle(bundle)
     with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files), progress=progress):
         result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
                      progress=progress, noise_dtype=noise_dtype)
@@ -179,12 +186,13 @@ def _output_paths(out: Path, count: int) -> list[Path]:
                    "Default: the one the model was trained with.")
 @progress_option
 @_accel_options
+@compile_option
 @tokenizer_option
 @vae_option
 @device_option
 @dtype_option
-def ask(model, image, question, max_new_tokens, image_size, layout, progress, accel, scores_files, tokenizer_dir,
-        vae_dir, device, dtype):
+def ask(model, image, question, max_new_tokens, image_size, layout, progress, accel, scores_files, compile_model,
+        tokenizer_dir, vae_dir, device, dtype):
     """Answer a question about an image."""
     from .io.paths import check_text
 
@@ -197,6 +205,10 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
 
     picture = load_image(image)  # fail on a bad image before loading the model
     bundle = _load(model, device, dtype, tokenizer_dir, vae_dir, progress)
+    if compile_model:
+        from .compiled import compile as compile_bundle
+
+        compile_bundle(bundle)
     with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files), progress=progress):
         result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
                         layout=layout)
@@ -315,7 +327,15 @@ def info(model, steps, question_tokens, as_json):
 @click.option("--prompt", "prompts", multiple=True, help="t2i prompt (repeatable; default: two built-in prompts).")
 @click.option("--image", "images", multiple=True, help="mmu image (repeatable, with --question).")
 @click.option("--question", "questions", multiple=True, help="mmu question (repeatable).")
-@click.option("--max-new-tokens", type=int, default=32, show_default=True, help="mmu tokens decoded (eos ignored).")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True,
+              help="Length of the long-answer mmu workload (eos ignored).")
+@click.option("--mmu-workloads", default="short,long", show_default=True,
+              help="Understanding workloads: short (<= 2 tokens, eos honoured: the paper's latency protocol) and/or "
+                   "long (--max-new-tokens forced tokens).")
+@click.option("--official-loop/--no-official-loop", default=True, show_default=True,
+              help="Also time upstream's cache-less decoding loop (the paper's understanding baseline).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model first (every configuration compiled: never mixed with eager).")
 @click.option("--calibration-samples", type=int, default=20, show_default=True, help="Calibration items per task.")
 @click.option("--instrument/--no-instrument", default=True, show_default=True,
               help="Extra runs per config for time per component and executed FLOPs.")
@@ -325,7 +345,8 @@ def info(model, steps, question_tokens, as_json):
 @device_option
 @dtype_option
 def bench(model, task, configs, repeats, steps, guidance, prompts, images, questions, max_new_tokens,
-          calibration_samples, instrument, json_out, plot_out, progress, device, dtype):
+          mmu_workloads, official_loop, compile_model, calibration_samples, instrument, json_out, plot_out, progress,
+          device, dtype):
     """Speed, FLOPs, memory and fidelity of configurations side by side (interleaved, median of repeats)."""
     from .accel.spec import resolve_accel, split_specs
     from .io.paths import check_text, writable_file
@@ -341,6 +362,11 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
         raise FlashuError(f"--repeats must be at least 1, got {repeats}")
     if images and len(images) != len(questions):
         raise FlashuError("give one --question per --image")
+    chosen = tuple(w.strip() for w in mmu_workloads.split(",") if w.strip())
+    if not chosen or set(chosen) - {"short", "long"}:
+        raise FlashuError(f"--mmu-workloads takes short and/or long, got {mmu_workloads!r}")
+    if max_new_tokens < 1:
+        raise FlashuError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     for text in (*prompts, *questions):
         check_text(text, "prompt/question")
     _check_steps_seed(steps, 0)
@@ -361,8 +387,13 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
     elif questions:
         inputs.questions = list(questions)
     bundle = _load(model, device, dtype)
-    report = run_benchmark(bundle, tasks, specs, repeats=repeats, inputs=inputs,
-                           calibration_samples=calibration_samples, instrument=instrument, progress=progress)
+    if compile_model:
+        from .compiled import compile as compile_bundle
+
+        compile_bundle(bundle)
+    report = run_benchmark(bundle, task, specs, repeats=repeats, inputs=inputs, mmu_workloads=chosen,
+                           official_loop=official_loop, calibration_samples=calibration_samples,
+                           instrument=instrument, progress=progress)
     _write_report(markdown(report), strict_json(report), json_out, plot_out, plot)
 
 

@@ -2,24 +2,32 @@
 
 Protocol: every configuration gets one warm-up run, then ``repeats`` timed rounds run the configurations interleaved
 (A B C A B C …) so that drift (thermal, other load) hits them alike; the median and the min–max spread are
-reported. Accelerated configurations are applied with ``flashu.accelerate`` before their run and restored after it
-(importance scores are calibrated once per task and shared). After the timed rounds, one instrumented run per
-configuration measures the time per component (``torch.profiler`` labels ``flashu.*`` in the model code) and the
-FLOPs actually executed (``FlopCounterMode``, attention counted through the math SDPA kernel). Fidelity is measured
-against ``none`` on the same seeds and inputs.
+reported, with device-synchronised clocks. Configurations are applied through the front door
+(``flashu.accelerate``) before their run and restored after it; importance scores come from the calibration cache
+or are calibrated once per task and shared. After the timed rounds, one profiled run per configuration measures
+the time per component (``torch.profiler`` labels ``flashu.*``; its own total is reported beside them, since the
+profiler slows a run) and one more the FLOPs actually executed (``FlopCounterMode``, attention counted through the
+math SDPA kernel). Fidelity is measured against ``none`` on the same seeds and inputs.
 
-Configuration names: ``none``, ``exact``, any FlashU preset (``flashu accel-presets``), optionally with overrides:
-``paper:understanding.token_scorer=random,understanding.token_prune_ratio=0.25``.
+Workloads: ``t2i`` (one generation of the prompts); understanding in two, side by side — ``mmu-short``
+(benchmark-style answers: at most 2 tokens, eos honoured — the paper's latency protocol, prefill-dominated) and
+``mmu-long`` (``max_new_tokens`` forced tokens, decode-dominated). Understanding rows are compared with the
+KV-cached baseline (``none``) and, in a separate column, with the official cache-less decoding loop (the whole
+sequence re-run per token, as upstream's ``mmu_generate``), timed in the same rounds on the unaccelerated model.
+
+Configurations are acceleration specs (:mod:`flashu.accel.spec`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import platform
 import statistics
+import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,16 +36,42 @@ import torch
 from ..accel.api import accelerate, restore
 from ..accel.config import FlashUConfig
 from ..accel.spec import resolve_accel
-from ..pipelines.timing import DeviceClock
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
+from ..pipelines.timing import DeviceClock
 from .metrics import exact_match, psnr, relative_l2, ssim, token_agreement
 
 SCHEMA = "flashu-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COMPONENTS = ("visual", "llm", "flow_head", "vae", "decode_loop")
 DEFAULT_PROMPTS = ("a red circle left of a blue square", "a lighthouse on a cliff at sunset")
-DEFAULT_QUESTIONS = ("What color is the circle?", "How many shapes are there?")
+DEFAULT_QUESTIONS = ("Is there a red object in the image? Answer yes or no.",
+                     "How many objects are there? A. one B. two C. three D. four Answer with the letter.")
+OFFICIAL_LOOP = "official loop (no KV cache)"
+SHORT_ANSWER_TOKENS = 2
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    task: str  # t2i | mmu
+    max_new_tokens: int | None = None
+    ignore_eos: bool = False
+
+
+def workloads(task: str, long_tokens: int = 32, mmu: tuple[str, ...] = ("short", "long")) -> list[Workload]:
+    """The workloads of ``task`` (``t2i``, ``mmu`` or ``both``)."""
+    out = []
+    if task in ("t2i", "both"):
+        out.append(Workload("t2i", "t2i"))
+    if task in ("mmu", "both"):
+        if "short" in mmu:
+            out.append(Workload("mmu-short", "mmu", SHORT_ANSWER_TOKENS, ignore_eos=False))
+        if "long" in mmu:
+            out.append(Workload("mmu-long", "mmu", long_tokens, ignore_eos=True))
+    if not out:
+        raise FlashuError(f"no workload for task {task!r} (mmu workloads: short, long)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -86,10 +120,12 @@ def component_times(fn: Callable) -> dict[str, float]:
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    t0 = time.perf_counter()
-    with profile(activities=activities) as prof:
-        fn()
-    wall = time.perf_counter() - t0
+    clock = DeviceClock("cuda" if torch.cuda.is_available() else "cpu")
+    with _stderr_silenced():  # the profiler's C++ side prints start/stop lines on the process's stderr
+        t0 = clock()
+        with profile(activities=activities) as prof:
+            fn()
+        wall = clock() - t0
     times = {c: 0.0 for c in COMPONENTS}
     for event in prof.key_averages():
         if event.key.startswith("flashu."):
@@ -98,7 +134,22 @@ def component_times(fn: Callable) -> dict[str, float]:
                 device_time = getattr(event, "device_time_total", 0) or 0
                 times[name] += max(event.cpu_time_total, device_time) / 1e6
     times["other"] = max(0.0, wall - sum(times.values()))
+    times["total"] = wall
     return times
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block (C++ libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def counted_flops(fn: Callable) -> int:
@@ -120,7 +171,7 @@ class TaskInputs:
     seed: int = 0
     images: list = field(default_factory=list)  # PIL images or paths
     questions: list[str] = field(default_factory=lambda: list(DEFAULT_QUESTIONS))
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # the long-answer workload's length
 
 
 def default_images(bundle: Showo2Bundle, count: int) -> list:
@@ -131,16 +182,18 @@ def default_images(bundle: Showo2Bundle, count: int) -> list:
 
 
 class ConfigRunner:
-    """Applies a configuration through the front door, runs the task once, restores. Importance scores are kept
-    per task across configurations (and come from the calibration cache the first time)."""
+    """Applies a configuration through the front door, runs one workload once, restores. Importance scores are
+    kept per task across configurations (and come from the calibration cache the first time)."""
 
-    def __init__(self, bundle: Showo2Bundle, task: str, inputs: TaskInputs, scores: dict, calibration_samples: int,
-                 progress: bool):
-        self.bundle, self.task, self.inputs = bundle, task, inputs
+    def __init__(self, bundle: Showo2Bundle, workload: Workload, inputs: TaskInputs, scores: dict,
+                 calibration_samples: int, progress: bool):
+        self.bundle, self.workload, self.inputs = bundle, workload, inputs
         self.scores, self.calibration_samples, self.progress = scores, calibration_samples, progress
 
-    def run(self, config: FlashUConfig, wrap: Callable[[Callable], object] = lambda f: f()):
-        acc = accelerate(self.bundle, config, task=self.task, scores=self.scores, progress=self.progress,
+    def run(self, config: FlashUConfig | str, wrap: Callable[[Callable], object] = lambda f: f()):
+        if config == OFFICIAL_LOOP:
+            return wrap(self._official_loop)
+        acc = accelerate(self.bundle, config, task=self.workload.task, scores=self.scores, progress=self.progress,
                          calibration_samples=self.calibration_samples)
         self.scores.update(acc.scores or {})
         try:
@@ -152,27 +205,56 @@ class ConfigRunner:
         from ..pipelines.mmu import answer
         from ..pipelines.t2i import generate
 
-        i = self.inputs
+        i, w = self.inputs, self.workload
         clock = DeviceClock(self.bundle.device)
         t0 = clock()
-        if self.task == "t2i":
+        if w.task == "t2i":
             result = generate(self.bundle, i.prompts, steps=i.steps, guidance=i.guidance, seed=i.seed,
                               progress=False)
             return clock() - t0, result
-        answers = [answer(self.bundle, img, q, max_new_tokens=i.max_new_tokens, ignore_eos=True)
+        answers = [answer(self.bundle, img, q, max_new_tokens=w.max_new_tokens, ignore_eos=w.ignore_eos)
                    for img, q in zip(i.images, i.questions)]
         return clock() - t0, answers
+
+    def _official_loop(self):
+        from ..pipelines.mmu import answer_without_cache
+
+        i, w = self.inputs, self.workload
+        clock = DeviceClock(self.bundle.device)
+        t0 = clock()
+        answers = [LoopAnswer(answer_without_cache(self.bundle, img, q, max_new_tokens=w.max_new_tokens,
+                                                   ignore_eos=w.ignore_eos)) for img, q in zip(i.images, i.questions)]
+        return clock() - t0, answers
+
+
+@dataclass
+class LoopAnswer:
+    """What the cache-less loop returns, shaped like an ``Answer`` for the report."""
+
+    token_ids: list[int]
+    timings: dict = field(default_factory=dict)
+    prompt_tokens: int = 0
+    kept_tokens: int = 0
+    stats: dict = field(default_factory=dict)
+    decode_tokens_per_s: float = float("nan")
 
 
 def _summary(task: str, result) -> dict:
     if task == "t2i":
         return {"evaluations": result.evaluations, "timings": result.timings,
                 "stats": {k: v for k, v in result.stats.items() if k not in ("skip_sets", "guidance")}}
-    return {"prefill_s": sum(a.timings["prefill"] for a in result),
-            "prefill_backbone_s": sum(a.timings.get("prefill_backbone", 0.0) for a in result),
-            "decode_s": sum(a.timings["decode"] for a in result),
-            "decode_tokens_per_s": statistics.mean(a.decode_tokens_per_s for a in result),
-            "prompt_tokens": [a.prompt_tokens for a in result], "kept_tokens": [a.kept_tokens for a in result]}
+    out = {"answer_tokens": statistics.mean(len(a.token_ids) for a in result),
+           "prompt_tokens": [a.prompt_tokens for a in result], "kept_tokens": [a.kept_tokens for a in result]}
+    if all(a.timings for a in result):
+        out.update(prefill_s=sum(a.timings["prefill"] for a in result),
+                   prefill_backbone_s=sum(a.timings.get("prefill_backbone", 0.0) for a in result),
+                   decode_s=sum(a.timings["decode"] for a in result),
+                   decode_tokens_per_s=statistics.mean(a.decode_tokens_per_s for a in result))
+    spec = [a.stats for a in result if a.stats.get("drafted_tokens")]
+    if spec:
+        drafted = sum(s["drafted_tokens"] for s in spec)
+        out["acceptance_rate"] = sum(s["accepted_tokens"] for s in spec) / drafted
+    return out
 
 
 def _fidelity(task: str, result, reference) -> dict:
@@ -186,34 +268,37 @@ def _fidelity(task: str, result, reference) -> dict:
                                                for a, b in zip(result, reference))}
 
 
-def run_task(bundle: Showo2Bundle, task: str, config_specs: list[str], *, repeats: int = 3,
-             inputs: TaskInputs | None = None, calibration_samples: int = 20, instrument: bool = True,
-             progress: bool = True, scores: dict | None = None) -> dict:
-    """Benchmark ``config_specs`` on ``task`` (``t2i`` or ``mmu``); returns the report section of that task."""
+def run_workload(bundle: Showo2Bundle, workload: Workload, config_specs: list[str], *, repeats: int = 3,
+                 inputs: TaskInputs | None = None, calibration_samples: int = 20, instrument: bool = True,
+                 progress: bool = True, scores: dict | None = None, official_loop: bool = True) -> dict:
+    """Benchmark ``config_specs`` on one workload; returns its report section."""
     from tqdm.auto import tqdm
 
     if repeats < 1:
         raise FlashuError(f"repeats must be at least 1, got {repeats}")
     if not config_specs:
         raise FlashuError("no configuration to benchmark")
+    task = workload.task
     inputs = copy.deepcopy(inputs) if inputs is not None else TaskInputs()
     if task == "mmu" and not inputs.images:
         inputs.images = default_images(bundle, len(inputs.questions))
     if task == "mmu" and len(inputs.images) != len(inputs.questions):
         raise FlashuError("give as many questions as images")
-    configs = {spec: resolve_accel(spec, task) for spec in config_specs}
-    runner = ConfigRunner(bundle, task, inputs, dict(scores or {}), calibration_samples, progress)
+    configs: dict = {spec: resolve_accel(spec, task) for spec in config_specs}
+    if task == "mmu" and official_loop:
+        configs[OFFICIAL_LOOP] = OFFICIAL_LOOP
+    runner = ConfigRunner(bundle, workload, inputs, dict(scores or {}), calibration_samples, progress)
     names = list(configs)
-    total = len(names) * (repeats + 1 + (1 if instrument else 0))
-    bar = tqdm(total=total, desc=f"bench {task}", unit="run", disable=not progress)
+    measured = [n for n in names if n != OFFICIAL_LOOP]
+    total = len(names) * (repeats + 1) + (len(measured) if instrument else 0)
+    bar = tqdm(total=total, desc=f"bench {workload.name}", unit="run", disable=not progress)
 
     for name in names:  # warm-up (also calibrates and caches scores)
         runner.run(configs[name])
         bar.update()
     walls = {n: [] for n in names}
     peaks = {n: 0 for n in names}
-    last = {}
-    order = []
+    last, order = {}, []
     for _ in range(repeats):
         for name in names:
             order.append(name)
@@ -224,7 +309,7 @@ def run_task(bundle: Showo2Bundle, task: str, config_specs: list[str], *, repeat
             bar.update()
     components, flops = {}, {}
     if instrument:
-        for name in names:
+        for name in measured:
             components[name] = runner.run(configs[name], lambda f: component_times(f))
             flops[name] = runner.run(configs[name], lambda f: counted_flops(f))
             bar.update()
@@ -236,10 +321,11 @@ def run_task(bundle: Showo2Bundle, task: str, config_specs: list[str], *, repeat
         median = statistics.median(walls[name])
         row = {"config": name, "runs_s": walls[name], "median_s": median, "min_s": min(walls[name]),
                "max_s": max(walls[name]), "peak_memory_bytes": peaks[name], **_summary(task, last[name])}
-        for base in ("none", "exact"):
+        for base in ("none", "exact", OFFICIAL_LOOP):
             if base in walls:
-                row[f"speedup_vs_{base}"] = statistics.median(walls[base]) / median
-        if instrument:
+                key = "speedup_vs_official_loop" if base == OFFICIAL_LOOP else f"speedup_vs_{base}"
+                row[key] = statistics.median(walls[base]) / median
+        if name in components:
             row["components_s"] = components[name]
             row["flops"] = flops[name]
             if "none" in flops and flops[name] > 0:
@@ -248,72 +334,98 @@ def run_task(bundle: Showo2Bundle, task: str, config_specs: list[str], *, repeat
         if reference is not None:
             row["fidelity"] = _fidelity(task, last[name], reference)
         rows.append(row)
-    return {"task": task, "repeats": repeats, "run_order": order, "inputs": _inputs_dict(task, inputs),
-            "rows": rows}
+    return {"workload": workload.name, "task": task, "repeats": repeats, "run_order": order,
+            "inputs": _inputs_dict(workload, inputs), "rows": rows}
 
 
-def _inputs_dict(task: str, inputs: TaskInputs) -> dict:
-    if task == "t2i":
+def _inputs_dict(workload: Workload, inputs: TaskInputs) -> dict:
+    if workload.task == "t2i":
         return {"prompts": inputs.prompts, "steps": inputs.steps, "guidance": inputs.guidance, "seed": inputs.seed}
-    return {"questions": inputs.questions, "images": len(inputs.images), "max_new_tokens": inputs.max_new_tokens}
+    return {"questions": inputs.questions, "images": len(inputs.images), "max_new_tokens": workload.max_new_tokens,
+            "ignore_eos": workload.ignore_eos}
 
 
-def run_benchmark(bundle: Showo2Bundle, tasks: list[str], config_specs: list[str], **kwargs) -> dict:
-    """The whole report: environment + one section per task. JSON-serialisable (schema ``flashu-bench`` v1)."""
-    report = {
+def run_benchmark(bundle: Showo2Bundle, tasks: list[str] | str, config_specs: list[str], *,
+                  inputs: TaskInputs | None = None, mmu_workloads: tuple[str, ...] = ("short", "long"),
+                  **kwargs) -> dict:
+    """The whole report: environment + one section per workload. JSON-serialisable (schema ``flashu-bench`` v2)."""
+    task = tasks if isinstance(tasks, str) else ("both" if set(tasks) == {"t2i", "mmu"} else tasks[0])
+    long_tokens = (inputs or TaskInputs()).max_new_tokens
+    sections = {w.name: run_workload(bundle, w, config_specs, inputs=inputs, **kwargs)
+                for w in workloads(task, long_tokens, mmu_workloads)}
+    return {
         "schema": SCHEMA, "version": SCHEMA_VERSION, "model": bundle.source,
         "device": str(bundle.device), "dtype": str(bundle.dtype).replace("torch.", ""),
+        "compiled": bool(getattr(bundle, "compiled", False)),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
-        "tasks": {task: run_task(bundle, task, config_specs, **kwargs) for task in tasks},
+        "tasks": sections,
     }
-    return report
 
 
 # ---------------------------------------------------------------------------------------------- output
 def markdown(report: dict) -> str:
-    lines = [f"model `{report['model']}` on {report['device']} ({report['dtype']}, torch {report['torch']}, "
+    """The report as Markdown: one table per workload, then the time per component of its profiled run."""
+    mode = "compiled" if report.get("compiled") else "eager"
+    lines = [f"model `{report['model']}` on {report['device']} ({report['dtype']}, {mode}, torch {report['torch']}, "
              f"{report['threads']} threads)"]
-    for task, section in report["tasks"].items():
+    for name, section in report["tasks"].items():
         lines.append("")
-        if task == "t2i":
-            inp = section["inputs"]
+        inp = section["inputs"]
+        if section["task"] == "t2i":
             lines.append(f"**text-to-image** — {len(inp['prompts'])} prompt(s), steps {inp['steps'] or 'default'}, "
                          f"median of {section['repeats']} interleaved runs")
+            lines.append("")
             lines.append("| config | median s (min–max) | × none | × exact | evals | FLOP ratio | ×/FLOP ratio | "
                          "peak MiB | rel-L2 | PSNR dB | SSIM |")
             lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
             for r in section["rows"]:
                 f = r.get("fidelity", {})
-                lines.append(f"| {r['config']} | {r['median_s']:.2f} ({r['min_s']:.2f}–{r['max_s']:.2f}) | "
-                             f"{_x(r, 'speedup_vs_none')} | {_x(r, 'speedup_vs_exact')} | {r['evaluations']} | "
-                             f"{_x(r, 'flop_ratio_vs_none')} | {_x(r, 'speedup_per_flop_ratio')} | "
-                             f"{r['peak_memory_bytes'] / 2**20:.0f} | {f.get('latent_rel_l2', float('nan')):.4f} | "
-                             f"{f.get('psnr_db', float('nan')):.1f} | {f.get('ssim', float('nan')):.3f} |")
+                lines.append(f"| {r['config']} | {_s(r)} | {_x(r, 'speedup_vs_none')} | {_x(r, 'speedup_vs_exact')} "
+                             f"| {r['evaluations']} | {_x(r, 'flop_ratio_vs_none')} | "
+                             f"{_x(r, 'speedup_per_flop_ratio')} | {r['peak_memory_bytes'] / 2**20:.0f} | "
+                             f"{_f(f.get('latent_rel_l2'), 4)} | {_f(f.get('psnr_db'), 1)} | {_f(f.get('ssim'), 3)} |")
         else:
-            inp = section["inputs"]
-            lines.append(f"**understanding** — {inp['images']} image/question pair(s), prefill + "
-                         f"{inp['max_new_tokens']} greedy tokens, median of {section['repeats']} interleaved runs")
-            lines.append("| config | median s (min–max) | × none | prefill s | prefill backbone s | decode tok/s | "
-                         "kept/prompt tokens | FLOP ratio | peak MiB | exact match | token agreement |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+            what = (f"short answers (≤ {inp['max_new_tokens']} tokens, eos honoured)" if not inp["ignore_eos"]
+                    else f"long answers ({inp['max_new_tokens']} tokens, eos ignored)")
+            lines.append(f"**understanding, {what}** — {inp['images']} image/question pair(s), median of "
+                         f"{section['repeats']} interleaved runs; × official loop: against upstream's cache-less "
+                         "decoding (the paper's baseline)")
+            lines.append("")
+            lines.append("| config | median s (min–max) | × none | × official loop | prefill s | decode tok/s | "
+                         "answer tokens | kept/prompt tokens | acceptance | FLOP ratio | peak MiB | exact match | "
+                         "token agreement |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in section["rows"]:
                 f = r.get("fidelity", {})
-                lines.append(f"| {r['config']} | {r['median_s']:.2f} ({r['min_s']:.2f}–{r['max_s']:.2f}) | "
-                             f"{_x(r, 'speedup_vs_none')} | {r['prefill_s']:.3f} | {r['prefill_backbone_s']:.3f} | "
-                             f"{r['decode_tokens_per_s']:.1f} | {sum(r['kept_tokens'])}/{sum(r['prompt_tokens'])} | "
-                             f"{_x(r, 'flop_ratio_vs_none')} | {r['peak_memory_bytes'] / 2**20:.0f} | "
-                             f"{f.get('exact_match', float('nan')):.2f} | {f.get('token_agreement', float('nan')):.2f} |")
-        if section["rows"] and "components_s" in section["rows"][0]:
+                kept = f"{sum(r['kept_tokens'])}/{sum(r['prompt_tokens'])}" if sum(r["prompt_tokens"]) else "–"
+                lines.append(f"| {r['config']} | {_s(r)} | {_x(r, 'speedup_vs_none')} | "
+                             f"{_x(r, 'speedup_vs_official_loop')} | {_f(r.get('prefill_s'), 3)} | "
+                             f"{_f(r.get('decode_tokens_per_s'), 1)} | {r['answer_tokens']:.1f} | {kept} | "
+                             f"{_f(r.get('acceptance_rate'), 2)} | {_x(r, 'flop_ratio_vs_none')} | "
+                             f"{r['peak_memory_bytes'] / 2**20:.0f} | {_f(f.get('exact_match'), 2)} | "
+                             f"{_f(f.get('token_agreement'), 2)} |")
+        profiled = [r for r in section["rows"] if "components_s" in r]
+        if profiled:
             lines.append("")
-            lines.append("time per component, s (instrumented run): | config | " + " | ".join(
-                (*COMPONENTS, "other")) + " |")
-            lines.append("|---|" + "---|" * (len(COMPONENTS) + 1))
-            for r in section["rows"]:
+            lines.append(f"time per component in one profiled run of `{name}`, s (the profiler slows a run: its own "
+                         "total is the last column; the components and `other` add up to it)")
+            lines.append("")
+            lines.append("| config | " + " | ".join((*COMPONENTS, "other", "total")) + " |")
+            lines.append("|---|" + "---|" * (len(COMPONENTS) + 2))
+            for r in profiled:
                 comp = r["components_s"]
-                lines.append(f"| {r['config']} | " + " | ".join(f"{comp[c]:.2f}" for c in (*COMPONENTS, "other"))
-                             + " |")
+                lines.append(f"| {r['config']} | " + " | ".join(f"{comp[c]:.2f}" for c in (*COMPONENTS, "other",
+                                                                                              "total")) + " |")
     return "\n".join(lines)
+
+
+def _s(row: dict) -> str:
+    return f"{row['median_s']:.3f} ({row['min_s']:.3f}–{row['max_s']:.3f})"
+
+
+def _f(value, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _x(row: dict, key: str) -> str:
@@ -333,7 +445,7 @@ def plot(report: dict, path: str) -> None:
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.5 * len(tasks)), squeeze=False)
     for (task, section), (ax_speed, ax_comp) in zip(tasks, axes):
         rows = section["rows"]
-        metric = "psnr_db" if task == "t2i" else "token_agreement"
+        metric = "psnr_db" if section["task"] == "t2i" else "token_agreement"
         for r in rows:
             x = r.get("speedup_vs_none", 1.0)
             y = r.get("fidelity", {}).get(metric, float("nan"))
@@ -342,13 +454,14 @@ def plot(report: dict, path: str) -> None:
             ax_speed.scatter([x], [y])
             ax_speed.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax_speed.set_xlabel("speedup vs none (×)")
-        ax_speed.set_ylabel("PSNR vs none (dB)" if task == "t2i" else "token agreement vs none")
+        ax_speed.set_ylabel("PSNR vs none (dB)" if section["task"] == "t2i" else "token agreement vs none")
         ax_speed.set_title(f"{task}: speed vs fidelity")
-        if rows and "components_s" in rows[0]:
-            bottom = [0.0] * len(rows)
-            labels = [r["config"] for r in rows]
+        profiled = [r for r in rows if "components_s" in r]
+        if profiled:
+            bottom = [0.0] * len(profiled)
+            labels = [r["config"] for r in profiled]
             for comp in (*COMPONENTS, "other"):
-                values = [r["components_s"][comp] for r in rows]
+                values = [r["components_s"][comp] for r in profiled]
                 ax_comp.bar(labels, values, bottom=bottom, label=comp)
                 bottom = [b + v for b, v in zip(bottom, values)]
             ax_comp.set_ylabel("seconds (instrumented run)")
