@@ -15,3 +15,7 @@ class ConfigError(FlashuError, ValueError):
 
 class CheckpointError(FlashuError):
     """A checkpoint is missing, unreadable, truncated or does not match the model."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """A random-weight preset was loaded: its outputs are noise (fine for speed measurements and tests)."""

@@ -42,9 +42,20 @@ def _elem(dtype: torch.dtype) -> int:
 
 
 def model_bytes(cfg: Showo2Config, dtype: torch.dtype) -> int:
+    """Show-o2's parameters in ``dtype`` plus an upper bound of the VAE's (kept in fp32)."""
     from .observe.flops import parameter_counts
 
-    return parameter_counts(cfg)["total"] * _elem(dtype)
+    return parameter_counts(cfg)["total"] * _elem(dtype) + 4 * vae_parameters_bound(cfg)
+
+
+def vae_parameters_bound(cfg: Showo2Config) -> int:
+    """An upper bound of the Wan VAE's parameters (about twice the real count): every level with the widest
+    3×3×3 convolutions, encoder and decoder."""
+    v = cfg.vae
+    if v.kind == "identity":
+        return 0
+    widest = v.base_dim * max(v.dim_mult)
+    return 2 * len(v.dim_mult) * (2 * v.num_res_blocks + 4) * 27 * widest * widest
 
 
 def check_model_fits(cfg: Showo2Config, dtype: torch.dtype, device: torch.device | str) -> None:

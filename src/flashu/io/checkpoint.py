@@ -108,6 +108,11 @@ def _index_files(index: Path) -> list[Path]:
         shard_names = list(dict.fromkeys(weight_map.values()))  # unique, in order
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise CheckpointError(f"{index} is corrupt or truncated (re-download it): no readable weight_map") from None
+    root = index.parent.resolve()
+    for name in shard_names:
+        if not isinstance(name, str) or Path(name).is_absolute() or not (root / name).resolve().is_relative_to(root):
+            raise CheckpointError(f"{index.name} names shard {name!r} outside {index.parent}; an index may only name "
+                                  "files in its own directory")
     shards = [index.parent / name for name in shard_names]
     for shard in shards:
         if not shard.is_file():
@@ -175,6 +180,11 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, tied_
     problem = _mismatch_message(expected, state_dict, optional={LM_HEAD_KEY} if tied_lm_head else set())
     if problem:
         raise CheckpointError(problem)
+    wrong = [k for k, t in state_dict.items() if expected[k].is_floating_point() and not t.is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"checkpoint tensor {wrong[0]} has dtype {str(state_dict[wrong[0]].dtype).removeprefix('torch.')}"
+                              f" where the model has floating-point weights ({len(wrong)} such tensor(s)): not a "
+                              "Show-o2 weight file")
     if tied_lm_head:
         embed, head = state_dict[EMBED_KEY], state_dict.get(LM_HEAD_KEY)
         if head is not None and not (head.dtype == embed.dtype and torch.equal(head, embed)):

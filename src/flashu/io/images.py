@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ def load_image(path: str | Path) -> Image.Image:
     Pillow's decompression-bomb limit stays in force (about 179 megapixels raises), so a photo of 8000×6000
     loads while a crafted file cannot exhaust memory.
     """
+    if isinstance(path, (str, Path)) and Path(path).exists() and not Path(path).is_dir() \
+            and not stat.S_ISREG(os.stat(path).st_mode):
+        raise FlashuError(f"cannot read image {path}: not a regular file (a pipe or device would block)")
     try:
         with Image.open(path) as img:
             img.load()

@@ -7,6 +7,7 @@ parts: the Show-o2 weights, the tokenizer (``llm_model_path``) and the Wan2.1 VA
 from __future__ import annotations
 
 import json
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch
 from ..bundle import Showo2Bundle
 from .checkpoint import PROGRESS_MIN_BYTES, load_into, read_state_dict, write_safetensors
 from ..config import MODEL_PRESET_NAMES, Showo2Config, preset
-from ..errors import CheckpointError, FlashuError
+from ..errors import CheckpointError, FlashuError, RandomWeightsWarning
+from ..limits import check_model_fits
 from ..model import Showo2
 from .tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
 from .vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
@@ -31,10 +33,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise FlashuError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlashuError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise FlashuError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FlashuError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FlashuError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FlashuError(f"device {device!r} requested but MPS is not available here; use --device cpu")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise FlashuError(f"device {device!r}: the CPU has no device index; use --device cpu")
     return dev
 
 
@@ -70,8 +79,14 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
     ``vae="none"`` loads no VAE (generation then returns latents only, understanding takes latents).
     ``progress``: progress bars for downloads and for reading a multi-file or multi-GB checkpoint.
     """
+    if not isinstance(name_or_path, (str, Path)):
+        raise FlashuError(f"a model is a preset name, a directory or a hub id, not {type(name_or_path).__name__}")
+    name_or_path = str(name_or_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if name_or_path.lower() in (*MODEL_PRESET_NAMES, TESTBED) and Path(name_or_path).is_dir():
+        raise FlashuError(f"{name_or_path!r} is both a flashu model name and a directory here; write "
+                          f"./{name_or_path} for the directory")
     if name_or_path.lower() == TESTBED:
         directory = testbed_dir()
         if not (directory / "config.json").is_file():
@@ -88,6 +103,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
 
     parts = resolve_model(name_or_path, tokenizer=tokenizer, vae=vae, progress=progress)  # downloads, if any, first
     config = parts.config
+    check_model_fits(config, dt, dev)
     tok = load_tokenizer(config, parts.tokenizer)
     special = SpecialTokens.from_tokenizer(tok)
     codec = None if parts.vae is None else LatentCodec(load_vae(parts.vae, config.vae))
@@ -106,7 +122,9 @@ def _cast_floating(state: dict[str, torch.Tensor], dtype: torch.dtype, progress:
     """Floating tensors cast to ``dtype`` on the CPU (what ``model.to(dtype)`` would do after loading), with a
     progress bar in bytes for a multi-GB checkpoint: with memory-mapped files this is where the bytes are read.
     Tensors that share storage are cast once."""
-    todo = [k for k, t in state.items() if t.is_floating_point() and t.dtype != dtype]
+    # every floating tensor is copied, also when already in ``dtype``: a memory-mapped .bin must not stay tied to
+    # its file (rewriting the file would change the loaded model)
+    todo = [k for k, t in state.items() if t.is_floating_point()]
     if not todo:
         return state
     total = sum(state[k].numel() * state[k].element_size() for k in todo)
@@ -121,7 +139,7 @@ def _cast_floating(state: dict[str, torch.Tensor], dtype: torch.dtype, progress:
             ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
                      tuple(tensor.stride()))
             if ident not in done:
-                done[ident] = tensor.to(dtype)
+                done[ident] = tensor.to(dtype=dtype, copy=True)
             state[key] = done[ident]
             bar.update(tensor.numel() * tensor.element_size())
     return state
@@ -137,6 +155,10 @@ def testbed_dir() -> Path:
 
 def _random_preset(name: str, dtype: torch.dtype, device: torch.device, seed: int) -> Showo2Bundle:
     config = preset(name)
+    check_model_fits(config, dtype, device)
+    warnings.warn(f"the '{name}' preset has random weights: its images and answers are noise (for speed "
+                  "measurements and tests; use 'testbed' or a real checkpoint for meaningful outputs)",
+                  RandomWeightsWarning, stacklevel=3)
     model = Showo2(config)
     model.init_random_weights(seed)
     model = model.to(device=device, dtype=dtype).eval()

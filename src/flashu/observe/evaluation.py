@@ -480,10 +480,17 @@ def _read_predictions(paths: Sequence[Path]) -> dict[int, dict]:
         for line in lines:
             try:
                 row = json.loads(line)
-                records[int(row["index"])] = row
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except json.JSONDecodeError:
                 continue
+            if _valid_prediction(row):
+                records[row["index"]] = row
     return records
+
+
+def _valid_prediction(row) -> bool:
+    """A complete prediction record; anything else (hand-edited, torn, from another version) is redone."""
+    return (isinstance(row, dict) and isinstance(row.get("index"), int) and not isinstance(row.get("index"), bool)
+            and isinstance(row.get("prediction"), str) and isinstance(row.get("correct"), bool))
 
 
 def _prediction_files(out: Path, name: str) -> list[Path]:

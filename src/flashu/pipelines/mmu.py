@@ -24,6 +24,8 @@ from torch.profiler import record_function
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..io.images import load_image, preprocess_image
+from ..io.paths import check_text
+from ..limits import check_understanding_fits
 from ..model import BASELINE, BackboneOutput, ExecutionPlan, KVCache, UnderstandingInputs
 from .timing import DeviceClock
 
@@ -101,8 +103,11 @@ def prompt_prefix(bundle: Showo2Bundle) -> list[int]:
 
 def question_ids(bundle: Showo2Bundle, question: str) -> list[int]:
     """The question as text (control tokens typed in it are not control tokens), truncated with a warning."""
-    if not isinstance(question, str) or not question.strip():
+    if not isinstance(question, str):
+        raise FlashuError(f"a question must be a string, not {type(question).__name__}")
+    if not question.strip():
         raise FlashuError("empty question: ask something about the image")
+    check_text(question, "question")
     ids = bundle.encode_user_text(question)
     if len(ids) > MAX_QUESTION_TOKENS:
         warnings.warn(f"question has {len(ids)} tokens; truncated to the first {MAX_QUESTION_TOKENS}", stacklevel=3)
@@ -119,8 +124,11 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
     cfg, sp = bundle.config, bundle.special
     q_ids = question_ids(bundle, question)
     if latents is None:
-        size = cfg.image_size if image_size is None else int(image_size)
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)):
+            raise FlashuError(f"image_size must be an integer, got {image_size!r}")
+        size = cfg.image_size if image_size is None else image_size
         cfg.grid_for(size)
+        check_understanding_fits(cfg, (size // cfg.pixels_per_token) ** 2 + 64, bundle.dtype, bundle.device)
         if image is None:
             raise FlashuError("give an image (or its latents) to ask about")
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
@@ -133,6 +141,7 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
     grid = latents.shape[-1] // cfg.patch_size
     block_len = grid * grid + 1
     prefix = prompt_prefix(bundle)
+    check_understanding_fits(cfg, len(prefix) + block_len + len(q_ids) + 8, bundle.dtype, bundle.device)
     ids = prefix + [sp.img_pad] * block_len + [sp.eoi] + q_ids + bundle.encode_text(ASSISTANT_ROLE)
     return UnderstandingInputs(input_ids=torch.tensor([ids], device=bundle.device), time_offset=len(prefix),
                                block_len=block_len, latents=latents.to(bundle.device),

@@ -11,6 +11,7 @@ The session decides the plan of every evaluation; the baseline session runs the 
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -22,6 +23,8 @@ from tqdm.auto import tqdm
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..io.images import to_pil
+from ..io.paths import check_text
+from ..limits import check_generation_fits
 from ..model import BASELINE, ExecutionPlan, GenerationInputs, GenerationOutput, omni_attention_mask
 from .sampling import DenoisingSchedule, euler_update, guided, time_grid
 from .timing import DeviceClock
@@ -146,13 +149,29 @@ def _given_noise(bundle: Showo2Bundle, noise: torch.Tensor, count: int, image_si
 
 
 def validate_prompts(prompts: Sequence[str]) -> list[str]:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif isinstance(prompts, (list, tuple)):
+        prompts = list(prompts)
+    else:
+        raise FlashuError(f"prompts must be a string or a list of strings, not {type(prompts).__name__}")
     if not prompts:
         raise FlashuError("no prompt given: pass at least one prompt")
     for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise FlashuError("empty prompt: give a non-empty text prompt")
+        if not isinstance(p, str):
+            raise FlashuError(f"a prompt must be a string, not {type(p).__name__}")
+        check_text(p, "prompt")
     return prompts
+
+
+def _integer(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FlashuError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+MAX_STEPS = 10_000
+MAX_SEED = 2**63 - 1
 
 
 @torch.no_grad()
@@ -169,12 +188,16 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     """
     cfg = bundle.config
     prompts = validate_prompts(prompts)
-    steps = cfg.default_steps if steps is None else int(steps)
-    guidance = cfg.default_guidance if guidance is None else float(guidance)
-    if guidance < 0:
-        raise FlashuError(f"guidance must be >= 0, got {guidance}")
-    image_size = cfg.image_size if image_size is None else int(image_size)
+    steps = cfg.default_steps if steps is None else _integer(steps, "steps", 2, MAX_STEPS)
+    guidance = cfg.default_guidance if guidance is None else guidance
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise FlashuError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    guidance = float(guidance)
+    _integer(seed, "seed", 0, MAX_SEED)
+    image_size = cfg.image_size if image_size is None else _integer(image_size, "image_size", 1, 1 << 20)
     cfg.grid_for(image_size)
+    check_generation_fits(cfg, image_size, len(prompts), 2 if guidance > 0 else 1, bundle.dtype, bundle.device)
     policy = policy or default_generation_policy(bundle)
     timings: dict[str, float] = {}
 

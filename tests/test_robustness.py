@@ -1,0 +1,342 @@
+"""Regression tests for the defects an input sweep found (issue #11): each bad input is one clear line and exit
+status 2 — never a traceback, a hang, a silently wrong result or work thrown away — and no model is left half
+modified."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import flashu
+from flashu.cli import run
+from flashu.errors import CheckpointError, ConfigError, FlashuError
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def one_line_error(capsys, argv, needle=None):
+    code = run(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    if needle:
+        assert needle.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def no_model_loading(monkeypatch):
+    """Output paths must be refused before any work: loading a model fails the test."""
+    import flashu.io.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad path was refused")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+# ---------------------------------------------------------------------------------------------------- output paths
+@pytest.mark.parametrize("argv_tail,needle", [
+    (["generate", "--prompt", "x", "--out", "{file}/x.png"], "is a file"),
+    (["generate", "--prompt", "x", "--out", "{file}"], "extension"),
+    (["generate", "--prompt", "x", "--out", "{dir}/img.png"], "is a directory"),
+    (["generate", "--prompt", "x", "--out", "{tmp}/x.gif2"], "extension"),
+    (["bench", "--json", "{file}/r.json"], "is a file"),
+    (["bench", "--plot", "{tmp}/r.txt"], "extension"),
+    (["calibrate", "--task", "t2i", "--out", "{file}/s.safetensors"], "is a file"),
+    (["eval", "t2i", "--prompts", "{file}", "--out", "{file}"], "not a directory"),
+    (["demo", "--out", "{dir}/img.png"], "is a directory"),
+    (["analyze", "specialization", "--json", "{tmp}/a.csv"], "extension"),
+])
+def test_bad_output_paths_are_refused_before_the_work(tmp_path, capsys, no_model_loading, argv_tail, needle):
+    file = tmp_path / "plain.txt"
+    file.write_text("a file")
+    directory = tmp_path / "d"
+    (directory / "img.png").mkdir(parents=True)
+    argv = [a.format(file=file, dir=directory, tmp=tmp_path) for a in argv_tail]
+    one_line_error(capsys, argv, needle)
+
+
+def test_unwritable_output_directory(tmp_path, capsys, no_model_loading):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    one_line_error(capsys, ["generate", "--prompt", "x", "--out", str(locked / "x.png")], "permission")
+
+
+# ---------------------------------------------------------------------------------------------------- text
+def test_bytes_that_are_not_utf8(capsys):
+    bad = b"a red \xff circle".decode("utf-8", "surrogateescape")  # what Linux argv gives for such bytes
+    one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", bad], "utf-8")
+    one_line_error(capsys, ["ask", "--model", "tiny", "--image", "x.png", "--question", bad], "utf-8")
+
+
+def test_control_tokens_typed_by_users_are_text(tiny_bundle):
+    ids = tiny_bundle.encode_user_text("left<|im_end|><|image_pad|><|vision_start|>")
+    special = {tiny_bundle.special.eos, tiny_bundle.special.img_pad, tiny_bundle.special.boi}
+    assert not special & set(ids)
+    assert tiny_bundle.decode_text(ids) == "left<|im_end|><|image_pad|><|vision_start|>"
+    from flashu.pipelines.mmu import build_understanding_inputs
+
+    inputs = build_understanding_inputs(tiny_bundle, None, "what?<|im_end|>", latents=torch.zeros(1, 4, 8, 8))
+    assert (inputs.input_ids[0] == tiny_bundle.special.eos).sum() == 1  # only the template's own <|im_end|>
+
+
+def test_overlong_question_is_truncated_with_a_warning(tiny_bundle):
+    from flashu.pipelines.mmu import MAX_QUESTION_TOKENS, build_understanding_inputs
+
+    with pytest.warns(UserWarning, match="truncated"):
+        inputs = build_understanding_inputs(tiny_bundle, None, "why " * 40000, latents=torch.zeros(1, 4, 8, 8))
+    assert inputs.input_ids.shape[1] < MAX_QUESTION_TOKENS + 200
+
+
+def test_prompt_truncation_warning_reaches_the_cli(tmp_path, capsys):
+    assert run(["generate", "--model", "tiny", "--prompt", "x" * 200, "--steps", "2", "--out",
+                str(tmp_path / "a.png"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: prompt has 200 tokens; truncated to the first 48" in err
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize("argv,needle", [
+    (["generate", "--model", "tiny", "--prompt", "x", "--guidance", "nan"], "guidance"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--guidance", "inf"], "guidance"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--guidance", "-1"], "guidance"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--steps", str(10**12)], "steps"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--seed", str(2**64)], "seed"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--seed", "-1"], "seed"),
+    (["generate", "--model", "testbed", "--prompt", "x", "--size", "100000"], "needs about"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--device", "mps"], "mps"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--device", "cpu:1"], "no device index"),
+])
+def test_numbers_and_devices(capsys, argv, needle):
+    one_line_error(capsys, argv, needle)
+
+
+def test_api_types_are_checked(tiny_bundle):
+    for call, needle in [(lambda: flashu.generate(tiny_bundle, 5), "prompts must be"),
+                         (lambda: flashu.generate(tiny_bundle, "a", steps=2.9), "steps"),
+                         (lambda: flashu.generate(tiny_bundle, "a", guidance=float("inf")), "guidance"),
+                         (lambda: flashu.answer(tiny_bundle, 12345, "q"), "image must be"),
+                         (lambda: flashu.answer(tiny_bundle, None, 5), "question must be"),
+                         (lambda: flashu.load_model(12), "a model is")]:
+        with pytest.raises(FlashuError, match=needle):
+            call()
+
+
+# ---------------------------------------------------------------------------------------------------- model configs
+def _config_dir(tmp_path, tiny_bundle, **changes):
+    flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    data = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        section, _, name = dotted.rpartition("__")
+        target = data["flashu"][section] if section else data["flashu"]
+        target[name] = value
+    path.write_text(json.dumps(data))
+    return tmp_path / "m"
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"llm__hidden_size": "64"}, "llm.hidden_size must be an integer"),
+    ({"llm__hidden_size": 64.5}, "llm.hidden_size must be an integer"),
+    ({"llm__hidden_size": None}, "llm.hidden_size must be an integer"),
+    ({"llm__num_layers": [4]}, "llm.num_layers must be an integer"),
+    ({"llm__rms_norm_eps": 0.0}, "rms_norm_eps must be a positive number"),
+    ({"llm__rope_theta": float("nan")}, "rope_theta must be a finite number"),
+    ({"default_guidance": float("nan")}, "default_guidance must be a finite number"),
+    ({"llm__num_layers": 10**8}, "needs about"),
+    ({"llm__hidden_size": 2**40}, "needs about"),
+    ({"vae__base_dim": 10**6}, "needs about"),
+])
+def test_absurd_configs_are_refused_before_building(tmp_path, tiny_bundle, changes, needle):
+    directory = _config_dir(tmp_path, tiny_bundle, **changes)
+    started = time.perf_counter()
+    with pytest.raises(FlashuError, match=needle):
+        flashu.load_model(str(directory))
+    assert time.perf_counter() - started < 20  # refused, not built
+
+
+def test_integer_weights_are_refused(tmp_path, tiny_bundle):
+    from safetensors.torch import load_file, save_file
+
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    state = load_file(directory / "model.safetensors")
+    state["showo.model.norm.weight"] = state["showo.model.norm.weight"].long()
+    save_file(state, directory / "model.safetensors")
+    with pytest.raises(CheckpointError, match="dtype int64"):
+        flashu.load_model(str(directory))
+
+
+def test_bin_checkpoint_is_not_tied_to_its_file(tmp_path, tiny_bundle):
+    from flashu.io.checkpoint import write_official_bin
+
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    (directory / "model.safetensors").unlink()
+    write_official_bin(tiny_bundle.model, directory)
+    loaded = flashu.load_model(str(directory))
+    before = loaded.model.showo.model.norm.weight.clone()
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    torch.save({k: v * 0 + 7 for k, v in state.items()}, directory / "pytorch_model.bin")
+    assert torch.equal(loaded.model.showo.model.norm.weight, before)
+
+
+def test_index_naming_a_shard_outside_the_directory(tmp_path, tiny_bundle):
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    (directory / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    keys = json.loads(json.dumps(list(tiny_bundle.model.state_dict())))
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: str(tmp_path / "elsewhere.safetensors") for k in keys}}))
+    with pytest.raises(CheckpointError, match="outside"):
+        flashu.load_model(str(directory))
+
+
+def test_directory_named_like_a_preset(tmp_path, monkeypatch, tiny_bundle):
+    monkeypatch.chdir(tmp_path)
+    flashu.save_pretrained(tiny_bundle, tmp_path / "testbed")
+    with pytest.raises(FlashuError, match="./testbed"):
+        flashu.load_model("testbed")
+    assert flashu.load_model("./testbed").config.name == "tiny"
+
+
+def test_fifo_as_image_does_not_hang(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-m", "flashu.cli", "ask", "--model", "tiny", "--image", str(fifo),
+                           "--question", "q"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert done.returncode == 2 and "not a regular file" in done.stderr
+
+
+def test_broken_vae_folder_is_one_line(tmp_path, tiny_bundle, capsys):
+    import dataclasses
+
+    from flashu.config import _local_vae
+
+    big = dataclasses.replace(tiny_bundle.config, name="wan-vae", vae=_local_vae(base_dim=8, z_dim=4, dim_mult=[1, 2]))
+    directory = tmp_path / "m"
+    flashu.save_pretrained(tiny_bundle, directory)
+    (directory / "vae.safetensors").unlink()
+    (directory / "vae").mkdir()
+    (directory / "vae" / "config.json").write_text("{broken")
+    del big
+    err = one_line_error(capsys, ["generate", "--model", str(directory), "--prompt", "x"])
+    assert "vae" in err.lower()
+
+
+# ---------------------------------------------------------------------------------------------------- score files
+def _scores_file(tmp_path, bundle, **meta_changes):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from flashu.accel.calibration import calibrate
+
+    path = calibrate(bundle, "t2i", prompts=["a red circle"], samples=1, steps=2, progress=False).save(
+        tmp_path / "s.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    for key, value in meta_changes.items():
+        if value is None:
+            meta.pop(key)
+        elif key in tensors:
+            tensors[key] = value(tensors[key])
+        else:
+            meta[key] = value
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"task": None}, "incomplete"),
+    ({"ffn": lambda t: t[:2]}, "shape"),
+    ({"ffn": lambda t: t * float("nan")}, "NaN"),
+    ({"task": "mmu"}, "for mmu"),
+])
+def test_bad_score_files(tmp_path, bundle, changes, needle):
+    path = _scores_file(tmp_path, bundle, **changes)
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    with pytest.raises(FlashuError, match=needle):
+        flashu.accelerate(bundle, "prune-only", task="t2i", scores={"t2i": path})
+    assert bundle.acceleration is None
+    assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------------- accelerate
+def test_interrupted_permutation_leaves_the_model_untouched(bundle, monkeypatch):
+    import flashu.accel.pruning as pruning
+
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    real, calls = pruning._permute_layer, []
+
+    def flaky(model, i, order, gorder):
+        calls.append(i)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(model, i, order, gorder)
+
+    monkeypatch.setattr(pruning, "_permute_layer", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        flashu.accelerate(bundle, "prune-only", task="t2i", calibration_samples=1, progress=False)
+    assert bundle.acceleration is None
+    assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
+
+
+def test_a_preset_this_model_cannot_run_is_refused(tiny_bundle):
+    import dataclasses
+
+    from flashu.bundle import Showo2Bundle
+    from flashu.config import preset
+    from flashu.model import Showo2
+
+    cfg = preset("tiny")
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, num_layers=2))
+    model = Showo2(cfg)
+    model.init_random_weights(0)
+    two = Showo2Bundle(model.eval(), tiny_bundle.tokenizer, tiny_bundle.codec, tiny_bundle.special, "two-layer")
+    for spec, needle in [("paper", "skips no layer"),
+                         ("paper:generation.layer_skip_ratio=0.5,understanding.layer_skip_ratio=0.5",
+                          "token_prune_layer")]:  # K = 2 is past the last of 2 layers
+        with pytest.raises(ConfigError, match=needle):
+            flashu.accelerate(two, spec)
+        assert two.acceleration is None
+    with pytest.raises(ConfigError, match="prunes 0"):
+        flashu.accelerate(two, "paper:generation.attention_group_prune_ratio=0.25,generation.layer_skip_ratio=0.5",
+                          task="t2i")
+
+
+# ---------------------------------------------------------------------------------------------------- eval resume
+def test_malformed_prediction_records_are_redone(tmp_path):
+    from flashu.observe.evaluation import eval_mmu
+    from flashu.testbed.world import write_understanding_set
+
+    data = write_understanding_set(tmp_path / "set", 2, "test")
+    bundle = flashu.load_model("tiny")
+    out = tmp_path / "out"
+    eval_mmu(bundle, data, "none", out, max_new_tokens=2, progress=False)
+    predictions = out / "none" / "predictions.jsonl"
+    rows = predictions.read_text().splitlines()
+    predictions.write_text("\n".join([json.dumps({"index": 1}), rows[0], '{"index": 0, "correct": "yes"}']) + "\n")
+    report = eval_mmu(bundle, data, "none", out, max_new_tokens=2, progress=False)
+    entry = report["configs"]["none"]
+    assert entry["complete"] and entry["answered"] == len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- reports
+def test_no_progress_silences_every_bar_and_profiler_noise(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "flashu.cli", "bench", "--model", "tiny", "--task", "both",
+                           "--configs", "none,prune-only", "--repeats", "1", "--steps", "2", "--max-new-tokens", "2",
+                           "--calibration-samples", "1", "--no-progress", "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**ENV, "FLASHU_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+    assert noise == [], noise[:5]
+    json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
