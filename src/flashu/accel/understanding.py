@@ -1,84 +1,30 @@
-"""FlashU for understanding: the per-answer session that turns an :class:`UnderstandingAccelConfig` into plans.
+"""FlashU for understanding: the per-answer session that composes the techniques into one plan per forward.
 
-Three techniques, each off when its ratio is 0:
+Each technique is off when its ratio is 0 (or its flag false):
 
-**Static understanding FFN (r_p).** Every backbone forward of the answer (prefill, every decode step
-) runs the understanding neuron range of each decoder layer (``layout.ffn_ranges["mmu"]``): a slice of the
-permuted full weights, computed from understanding calibration (``calibrate(bundle, "mmu")``) independently of
-generation's range. No hybrid phase: understanding is single-pass.
+**Static understanding FFN (r_p,** :mod:`.pruning` **).** Every forward of the answer runs the understanding neuron
+range of each decoder layer (``layout.ffn_ranges["mmu"]``): a slice of the permuted full weights, from understanding
+calibration, independent of generation's range. No hybrid phase: understanding is single-pass.
 
-**Layer skipping while decoding (r_LS, T_LS), ranked by the last token.** ``s = ⌊r_LS·L⌋`` layers are skipped.
+**Layer skipping while decoding (r_LS, T_LS,** :mod:`.layer_skip` **), ranked by the last token.** ``s = ⌊r_LS·L⌋``
+layers are skipped. Answer token 0 comes from the prefill; decode step ``i`` produces token ``i``. The prefill is a
+full-depth ranking pass that measures each layer's ``cos(h_in, h_out)`` at the last position (the model returns it
+in ``BackboneOutput.similarity``); decode step ``i`` is a ranking pass when ``T_LS > 0`` and ``i % T_LS == 0``; every
+other step skips the current set. A skipped layer still writes that token's keys/values from its input
+(``fill_skipped_kv``): exactly those it would have made, so when it runs again it sees the whole answer.
+``skip_in_prefill`` also skips ``s`` layers in the prefill, chosen by understanding calibration's mean last-token
+similarity (``ImportanceScores.layer_similarity``); those layers still write the prompt's keys/values.
 
-* Answer token 0 comes from the prefill; decode step ``i`` (i ≥ 1) produces answer token ``i``.
-* *Ranking passes* run at full depth (all L layers, still the pruned FFN) with a probe that records, per layer,
-  ``cos(h_in, h_out)`` of the **last sequence position** only (the position whose logits are used); importance
-  ``I_ℓ = 1 − cos``. The new skip set is the ``s`` layers with the smallest ``I_ℓ`` (ties: lower index first);
-  with ``protect_first_last`` layers 0 and L − 1 are never candidates. ``h_out`` is the residual stream before the
-  final RMSNorm (unlike the reference generation code, which compares the last layer against a normed state).
-* The prefill is a ranking pass. Decode step ``i`` is a ranking pass when ``T_LS > 0`` and ``i % T_LS == 0``
-  (T_LS = 8: steps 8, 16, 24, …); every other decode step skips the current set (a skipped layer is an identity).
-  ``T_LS = 0``: the prefill's ranking is kept for the whole answer.
-* A layer skipped on a decode step is an identity for the residual stream but, with ``fill_skipped_kv`` (default),
-  still appends that token's key/value, computed from its input (its input norm and the thin GQA k/v projections,
-  ~2 % of a layer's weights on ``small``); keys and values depend only on a layer's input, so these are exactly
-  the ones it would have made, and when the layer runs again after a re-ranking it attends to the whole answer so
-  far. Without it, a
-  skipped layer appends nothing and per-layer KV-cache lengths differ (``KVCache`` allows this). Keys are cached
-  after RoPE and decode positions continue from the original prompt length, so positions stay exact whatever was
-  skipped or pruned.
-* ``skip_in_prefill`` (off by default): the prefill itself skips ``s`` layers. No full-depth pass exists before the
-  prefill, so the set comes from **understanding calibration**: ``calibrate(bundle, "mmu")`` also records each
-  layer's last-token ``cos(h_in, h_out)`` averaged over the calibration pairs (``ImportanceScores.layer_similarity``),
-  and the prefill skips the ``s`` most similar layers (without that record, ``accelerate`` refuses the setting).
-  Layers skipped in prefill always write the prompt's keys/values (as above), or they would decode blind after
-  the first re-ranking. Decoding starts from the prefill's set until its first ranking pass.
+**Visual-token pruning at layer K (ρ, scorer,** :mod:`.token_pruning` **).** At the first executed layer ≥ K of the
+prefill the ``⌊ρ·grid²⌋`` image tokens with the highest drop priority are removed (never the time token or text);
+layers ≥ K and their cache entries hold only the kept tokens, with their original positions.
 
-**Visual-token pruning at layer K (ρ, ``token_scorer``;** :mod:`.token_pruning`**).** At the first executed layer ≥ K of the prefill, after
-q/k/v (+RoPE) are computed for all positions, the ``grid²`` image tokens (positions ``block_offset + 1 …
-block_offset + grid²``; never the time token at ``block_offset``, never text) are scored and the
-``⌊ρ·grid²⌋`` with the highest drop priority are removed. Kept positions stay in their original order with their
-original positions (RoPE, mask rows/columns and positions are gathered by ``run_backbone``); layers < K keep every
-token, layers ≥ K and their KV caches hold only kept tokens, so decoding attends to the shorter cache. Scorers
-(same budget):
+**Self-speculative decoding (** :mod:`.speculative` **).** Instead of lossy skipping, a layer-skipping draft proposes
+tokens the target plan (full depth, the FFN range above) verifies in one forward: the same tokens as the target's
+greedy decoding, in fewer target forwards.
 
-* ``vnorm`` (default, the paper's proxy): ‖v_i‖₂ at layer K, heads combined as the L2 norm of the concatenation of
-  all KV heads' value vectors (``sqrt(Σ_h ‖v_{h,i}‖²)``, fp32); **largest norms dropped**. Uses only V, which the
-  layer computes anyway: no attention map, works with SDPA/fused kernels.
-* ``knorm``: the same on the keys (post-RoPE; RoPE is a rotation, so the norm equals the pre-RoPE norm); largest
-  dropped.
-* ``random``: a seeded (``seed``) uniform subset; the same subset for every request of the same image size.
-* ``attention`` (FastV-style, eager): the attention map of layer K is materialised for the **text queries after
-  the image block** (``<|vision_end|>``, the question and the assistant suffix — the rows whose omni-mask row is
-  purely causal, so ``softmax(q·kᵀ/√d + causal)`` is their exact attention): the probability each image token
-  receives, averaged over all query heads and those queries; **least attended dropped**.
-
-Defaults (``token_prune_ratio`` ρ = 0.5, ``token_prune_layer`` K = 2, ``layer_skip_interval`` T_LS = 8). Measured
-with ``python benchmarks/bench_mmu.py --sweep --threads 1`` on the ``small`` preset, which has **random weights**:
-3 shapes-world test images (``flashu.testbed.world``) at 256 px = 256 image tokens of a 342-token prompt, token
-pruning alone, backbone prefill time and the mean KL(p_base ‖ p_pruned) of the next-token distributions along 32
-greedy tokens (the greedy tokens of a random model are nearly constant, so token agreement is 100 % everywhere and
-says nothing)::
-
-    ρ \ K      1                 2                 4
-    0.25   1.21×  KL 4.0e-4   1.24×  KL 3.0e-4   1.21×  KL 1.7e-4
-    0.50   1.57×  KL 2.5e-3   1.49×  KL 1.9e-3   1.43×  KL 1.1e-3
-    0.75   2.14×  KL 9.0e-3   2.00×  KL 7.1e-3   1.85×  KL 4.6e-3
-
-The saving is set by ρ (the backbone prefill is compute-bound and roughly linear in the kept length); a deeper K
-costs a little speed and perturbs less; the perturbation grows faster than linearly in ρ (KL ×6 from 0.25 to 0.5,
-×3.8 from 0.5 to 0.75). The random model does not look at image content (swapping the image changes its output by
-< 0.1 %), so *which* tokens a scorer keeps cannot be judged here — all four scorers give the same KL; only *how
-many* are kept matters. So these measurements fix the cost side only.
-
-The quality side was then measured on the trained ``testbed`` (``benchmarks/testbed_understanding.py``,
-``docs/testbed.md``), and it does not pick a V-norm operating point either: there the largest value norms belong to
-the tokens that show the shapes (a shape token outranks a background token with probability 0.99), so V-norm
-pruning loses most answers at every ρ (0.25/0.5/0.75: 32/23/25 % vs 99.5 %) and every K tried (2/4/6), worse than
-random. We therefore keep the paper's K = 2 and FastV's ρ = 0.5 operating point (reported near-lossless on trained
-LVLMs with real photographs), not ρ = 0.75, which is what the issue's "prefill ≥ 2×" target needs on ``small``
-(backbone prefill 2.00× alone, 2.11× with the pruned FFN) at ~3.8× the perturbation; and we document that V-norm
-pruning should not be used on images whose content is a few tokens on a blank background. T_LS = 8 re-ranks three
-times in a 32-token answer (4.52 instead of 5 layers skipped per decode step on average, ~2 % of the decode work).
+Where this costs accuracy and what it buys is measured on the trained testbed (``docs/testbed.md``) and with
+``flashu bench`` (``docs/benchmarks.md``). The session only returns plans and reads what the forward returned.
 """
 
 from __future__ import annotations
