@@ -33,13 +33,14 @@ class KVCache:
 
     def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
                  dtype: torch.dtype, device: torch.device | str, *, static: bool = False):
-        shape = (num_layers, batch, kv_heads, capacity, head_dim)
+        shape = (batch, kv_heads, capacity, head_dim)
         # static: attention always spans every slot (fixed shapes, for compiled decoding); otherwise it spans the
         # slots written so far (a host-side bound, cheaper in eager mode)
         self.static = static
         self.bound = 0
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # one buffer per layer (not one big tensor): a compiled in-place write then touches that layer's buffer only
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.lengths = torch.zeros(num_layers, dtype=torch.long, device=device)
         self.capacity = capacity
         self._slots = torch.arange(capacity, device=device)
@@ -54,8 +55,8 @@ class KVCache:
         """Append ``k``/``v`` [B, kv_heads, n, d] to ``layer``; returns the first slot written (0-dim tensor)."""
         start = self.lengths[layer].clone()  # a copy: the in-place update below must not move it
         index = start + self._slots[: k.shape[2]]
-        self.keys[layer].index_copy_(2, index, k.to(self.keys.dtype))
-        self.values[layer].index_copy_(2, index, v.to(self.values.dtype))
+        self.keys[layer].index_copy_(2, index, k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, index, v.to(self.values[layer].dtype))
         self.lengths[layer] += k.shape[2]
         return start
 
