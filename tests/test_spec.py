@@ -19,7 +19,8 @@ def test_names_presets_and_none():
 
 def test_exact_is_defined_per_task_in_one_place():
     t2i, mmu = resolve_accel("exact", "t2i"), resolve_accel("exact", "mmu")
-    assert t2i.generation == GenerationAccelConfig.off(exact_trims=True) and t2i.understanding is None
+    exact_gen = GenerationAccelConfig.off(exact_trims=True, prefix_reuse=True, share_cfg_visual=True)
+    assert t2i.generation == exact_gen and t2i.understanding is None
     assert mmu.generation is None and mmu.understanding is None  # nothing lossless to drop in understanding
 
 
