@@ -340,3 +340,17 @@ def test_no_progress_silences_every_bar_and_profiler_noise(tmp_path):
     noise = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
     assert noise == [], noise[:5]
     json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+
+
+# ---------------------------------------------------------------------------------------------------- sweep findings
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_pickle_calling_a_blocked_module_is_refused_not_called_corrupt(tmp_path, tiny_bundle):
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    (directory / "model.safetensors").unlink()
+    torch.save({"w": _RunsCode()}, directory / "pytorch_model.bin")  # torch: "unsupported GLOBAL posix.system"
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        flashu.load_model(str(directory))
