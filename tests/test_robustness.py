@@ -354,3 +354,11 @@ def test_pickle_calling_a_blocked_module_is_refused_not_called_corrupt(tmp_path,
     torch.save({"w": _RunsCode()}, directory / "pytorch_model.bin")  # torch: "unsupported GLOBAL posix.system"
     with pytest.raises(CheckpointError, match="refusing to load"):
         flashu.load_model(str(directory))
+
+
+@pytest.mark.parametrize("content", [b'{"hidden_size": 1536, "x": "\xff"}', b'{"flashu": ' + b"[" * 100000 + b"]" * 100000 + b"}"])
+def test_unreadable_config_json(tmp_path, tiny_bundle, content):
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    (directory / "config.json").write_bytes(content)
+    with pytest.raises(ConfigError, match="cannot read model config"):
+        flashu.load_model(str(directory))

@@ -466,9 +466,9 @@ def preset(name: str) -> Showo2Config:
 
 def load_config_file(path: str | Path) -> Showo2Config:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read model config {path}: {exc}") from None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ConfigError(f"cannot read model config {path}: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"model config {path} must hold a JSON object")
     return Showo2Config.from_official_dict(data)
