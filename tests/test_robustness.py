@@ -362,3 +362,18 @@ def test_unreadable_config_json(tmp_path, tiny_bundle, content):
     (directory / "config.json").write_bytes(content)
     with pytest.raises(ConfigError, match="cannot read model config"):
         flashu.load_model(str(directory))
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"flashu": 5}, "flashu must be an object"),
+    ({"flashu": "tiny"}, "flashu must be an object"),
+    ({"flashu": []}, "flashu must be an object"),
+    ({"hidden_size": 1536, "llm_vocab_size": float("inf")}, "invalid value"),
+    ({"hidden_size": 1536, "image_latent_dim": float("inf")}, "invalid value"),
+])
+def test_config_json_fields_of_the_wrong_kind(tmp_path, data, needle):
+    from flashu.config import load_config_file
+
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=needle):
+        load_config_file(tmp_path / "config.json")

@@ -253,6 +253,8 @@ class Showo2Config:
     def from_official_dict(cls, data: dict[str, Any]) -> "Showo2Config":
         """Rebuild a config from an official (or our) ``config.json``."""
         if "flashu" in data:
+            if not isinstance(data["flashu"], dict):
+                raise ConfigError(f"config.json field flashu must be an object, got {data['flashu']!r:.60}")
             return cls.from_dict(data["flashu"])
         hidden = data.get("hidden_size")
         base = next((p for p in (preset("1.5b"), preset("7b")) if p.llm.hidden_size == hidden), None)
@@ -275,9 +277,10 @@ class Showo2Config:
             base.clip_pretrained_model_path = data.get("clip_pretrained_model_path", base.clip_pretrained_model_path)
             if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²
                 base.max_text_len = 251
-        except (TypeError, ValueError) as exc:
+            latent_dim = int(data.get("image_latent_dim", base.latent_channels))
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
             raise ConfigError(f"invalid value in config.json: {exc}") from None
-        if int(data.get("image_latent_dim", base.latent_channels)) != base.latent_channels:
+        if latent_dim != base.latent_channels:
             raise ConfigError("config.json image_latent_dim must be 16 (the Wan2.1 VAE) for official checkpoints")
         return base.validate()
 
