@@ -377,3 +377,10 @@ def test_config_json_fields_of_the_wrong_kind(tmp_path, data, needle):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=needle):
         load_config_file(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("dim_mult", [[-1, 2], [0, 2]])
+def test_non_positive_vae_dim_mult(tmp_path, tiny_bundle, dim_mult):
+    directory = _config_dir(tmp_path, tiny_bundle, vae__dim_mult=dim_mult)
+    with pytest.raises(ConfigError, match="vae.dim_mult entries must be positive"):
+        flashu.load_model(str(directory))

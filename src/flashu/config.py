@@ -181,6 +181,7 @@ class Showo2Config:
             (vis.hidden_size % vis.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads"),
             (llm.head_dim % 2 == 0 and head.head_dim % 2 == 0, "head_dim must be even (rotary embedding)"),
             (head.time_frequency_dim % 2 == 0, "head.time_frequency_dim must be even"),
+            (all(m > 0 for m in self.vae.dim_mult), f"vae.dim_mult entries must be positive, got {self.vae.dim_mult}"),
             (len(self.vae.temperal_downsample) == len(self.vae.dim_mult) - 1,
              "vae.temperal_downsample needs len(vae.dim_mult) - 1 entries"),
             (len(self.vae.latents_mean) == self.vae.z_dim == len(self.vae.latents_std),
