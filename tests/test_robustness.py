@@ -384,3 +384,12 @@ def test_non_positive_vae_dim_mult(tmp_path, tiny_bundle, dim_mult):
     directory = _config_dir(tmp_path, tiny_bundle, vae__dim_mult=dim_mult)
     with pytest.raises(ConfigError, match="vae.dim_mult entries must be positive"):
         flashu.load_model(str(directory))
+
+
+def test_absurd_default_steps_in_a_config_are_refused(tmp_path, tiny_bundle):
+    directory = _config_dir(tmp_path, tiny_bundle, default_steps=10**12)
+    bundle = flashu.load_model(str(directory))
+    started = time.perf_counter()
+    with pytest.raises(FlashuError, match="steps must be an integer from 2 to"):
+        flashu.generate(bundle, "a red circle", progress=False)
+    assert time.perf_counter() - started < 5
