@@ -393,3 +393,13 @@ def test_absurd_default_steps_in_a_config_are_refused(tmp_path, tiny_bundle):
     with pytest.raises(FlashuError, match="steps must be an integer from 2 to"):
         flashu.generate(bundle, "a red circle", progress=False)
     assert time.perf_counter() - started < 5
+
+
+def test_names_longer_than_the_file_system_allows(tmp_path, capsys, no_model_loading):
+    one_line_error(capsys, ["generate", "--prompt", "x", "--out", str(tmp_path / ("n" * 300 + ".png"))], "too long")
+    one_line_error(capsys, ["eval", "t2i", "--prompts", "p.txt", "--out", str(tmp_path / ("n" * 300))], "too long")
+
+
+def test_model_name_longer_than_the_file_system_allows():
+    with pytest.raises(CheckpointError, match="too long"):
+        flashu.load_model("x" * 300 + "/y")
