@@ -403,3 +403,35 @@ def test_names_longer_than_the_file_system_allows(tmp_path, capsys, no_model_loa
 def test_model_name_longer_than_the_file_system_allows():
     with pytest.raises(CheckpointError, match="too long"):
         flashu.load_model("x" * 300 + "/y")
+
+
+DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("name,content", [
+    ("p.txt", b"a red \xff circle\n"),
+    ("p.csv", b"item_id,text\n1,a red \xff circle\n"),
+    ("p.json", DEEP.encode()),
+    ("p.json", b'{"a": "a red \xff circle"}'),
+    ("p.jsonl", (DEEP + "\n").encode()),
+    ("p.jsonl", b'{"prompt": "a red \xff circle"}\n'),
+    ("dpg/a.txt", b"a red \xff circle"),
+])
+def test_undecodable_or_deeply_nested_prompt_files(tmp_path, name, content):
+    from flashu.observe.evaluation import read_t2i_prompts
+
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    with pytest.raises(FlashuError):
+        read_t2i_prompts(path.parent if name.startswith("dpg/") else path)
+
+
+@pytest.mark.parametrize("content", [b'{"image": "x.png", "question": "\xff?", "answer": "red"}\n',
+                                     (DEEP + "\n").encode()])
+def test_undecodable_or_deeply_nested_understanding_data(tmp_path, content):
+    from flashu.observe.evaluation import read_mmu_data
+
+    (tmp_path / "d.jsonl").write_bytes(content)
+    with pytest.raises(FlashuError, match="d.jsonl"):
+        read_mmu_data(tmp_path / "d.jsonl")

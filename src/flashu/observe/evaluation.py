@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -124,28 +125,30 @@ def read_t2i_prompts(source: str | Path | Sequence[str], fmt: str = "auto") -> t
             try:
                 meta = json.loads(line)
                 prompt = str(meta["prompt"]).strip()
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                 raise FlashuError(f"{path}:{n}: expected a GenEval metadata object with a 'prompt'") from None
             items.append(PromptItem(len(items), f"{len(items):05d}", prompt, meta))
         return fmt, _nonempty(items, path)
     # DPG-Bench
     if path.is_dir():
-        pairs = [(f.stem, f.read_text(encoding="utf-8").strip()) for f in sorted(path.glob("*.txt"))]
+        pairs = [(f.stem, _read_text(f).strip()) for f in sorted(path.glob("*.txt"))]
     elif path.suffix.lower() == ".csv":
         pairs, seen = [], set()
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # DPG-Bench's CSV may start with a BOM
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"item_id", "text"} <= set(reader.fieldnames):
-                raise FlashuError(f"{path}: a DPG-Bench CSV needs the columns item_id and text")
-            for row in reader:
-                if row["item_id"] not in seen:
-                    seen.add(row["item_id"])
-                    pairs.append((row["item_id"], row["text"].strip()))
+        text = _read_text(path, "utf-8-sig")  # DPG-Bench's CSV may start with a BOM
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or not {"item_id", "text"} <= set(reader.fieldnames):
+            raise FlashuError(f"{path}: a DPG-Bench CSV needs the columns item_id and text")
+        for row in reader:
+            if row["item_id"] not in seen:
+                seen.add(row["item_id"])
+                pairs.append((row["item_id"], row["text"].strip()))
     else:
         try:
             data = json.loads(_read_text(path))
         except json.JSONDecodeError as exc:
             raise FlashuError(f"{path}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise FlashuError(f"{path}: not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise FlashuError(f"{path}: expected a JSON object {{item_id: prompt}}")
         pairs = [(str(k), str(v).strip()) for k, v in data.items()]
@@ -169,18 +172,20 @@ def read_mmu_data(path: str | Path) -> list[MMUItem]:
         try:
             row = json.loads(line)
             image, question, answer = str(row["image"]), str(row["question"]), str(row["answer"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
             raise FlashuError(f"{path}:{n}: expected a JSON object with 'image', 'question' and 'answer'") from None
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         items.append(MMUItem(len(items), str(row.get("id", len(items))), str(image_path), question, answer))
     return _nonempty(items, path)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except OSError as exc:
         raise FlashuError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FlashuError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _read_lines(path: Path) -> list[str]:
