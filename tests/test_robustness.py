@@ -435,3 +435,23 @@ def test_undecodable_or_deeply_nested_understanding_data(tmp_path, content):
     (tmp_path / "d.jsonl").write_bytes(content)
     with pytest.raises(FlashuError, match="d.jsonl"):
         read_mmu_data(tmp_path / "d.jsonl")
+
+
+@pytest.mark.parametrize("field", ["image", "question", "answer"])
+def test_null_fields_in_understanding_data_are_refused(tmp_path, field):
+    from flashu.observe.evaluation import read_mmu_data
+
+    row = {"image": "x.png", "question": "what colour?", "answer": "red", field: None}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(FlashuError, match="d.jsonl:1"):  # was read as the text "None"
+        read_mmu_data(tmp_path / "d.jsonl")
+
+
+@pytest.mark.parametrize("name,content", [("p.json", {"a": None}), ("p.json", {"a": ["x"]}),
+                                          ("p.jsonl", {"prompt": None, "tag": "single_object"})])
+def test_null_prompts_are_refused(tmp_path, name, content):
+    from flashu.observe.evaluation import read_t2i_prompts
+
+    (tmp_path / name).write_text(json.dumps(content) + "\n")
+    with pytest.raises(FlashuError, match="text"):  # was generated as the prompt "None"
+        read_t2i_prompts(tmp_path / name)

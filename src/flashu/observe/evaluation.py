@@ -124,9 +124,9 @@ def read_t2i_prompts(source: str | Path | Sequence[str], fmt: str = "auto") -> t
                 continue
             try:
                 meta = json.loads(line)
-                prompt = str(meta["prompt"]).strip()
+                prompt = str(_text_field(meta["prompt"])).strip()
             except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
-                raise FlashuError(f"{path}:{n}: expected a GenEval metadata object with a 'prompt'") from None
+                raise FlashuError(f"{path}:{n}: expected a GenEval metadata object with a text 'prompt'") from None
             items.append(PromptItem(len(items), f"{len(items):05d}", prompt, meta))
         return fmt, _nonempty(items, path)
     # DPG-Bench
@@ -151,6 +151,8 @@ def read_t2i_prompts(source: str | Path | Sequence[str], fmt: str = "auto") -> t
             raise FlashuError(f"{path}: not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise FlashuError(f"{path}: expected a JSON object {{item_id: prompt}}")
+        if any(not _is_text(v) for v in data.values()):
+            raise FlashuError(f"{path}: every prompt must be text (null, lists and objects are not prompts)")
         pairs = [(str(k), str(v).strip()) for k, v in data.items()]
     for item_id, prompt in pairs:
         if not item_id or item_id.startswith(".") or "/" in item_id or "\\" in item_id:
@@ -171,12 +173,23 @@ def read_mmu_data(path: str | Path) -> list[MMUItem]:
             continue
         try:
             row = json.loads(line)
-            image, question, answer = str(row["image"]), str(row["question"]), str(row["answer"])
+            image, question, answer = (str(_text_field(row[k])) for k in ("image", "question", "answer"))
         except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
-            raise FlashuError(f"{path}:{n}: expected a JSON object with 'image', 'question' and 'answer'") from None
+            raise FlashuError(f"{path}:{n}: expected a JSON object with text 'image', 'question' and 'answer'") from None
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         items.append(MMUItem(len(items), str(row.get("id", len(items))), str(image_path), question, answer))
     return _nonempty(items, path)
+
+
+def _is_text(value) -> bool:
+    """A JSON value that reads as text: a string or a number, never null, a list or an object."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _text_field(value):
+    if not _is_text(value):
+        raise TypeError(f"not text: {value!r}")  # the readers turn this into their one-line error
+    return value
 
 
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
