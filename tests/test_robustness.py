@@ -455,3 +455,12 @@ def test_null_prompts_are_refused(tmp_path, name, content):
     (tmp_path / name).write_text(json.dumps(content) + "\n")
     with pytest.raises(FlashuError, match="text"):  # was generated as the prompt "None"
         read_t2i_prompts(tmp_path / name)
+
+
+def test_undecodable_or_deeply_nested_prediction_lines_are_redone(tmp_path):
+    from flashu.observe.evaluation import _read_predictions
+
+    good = json.dumps({"index": 0, "prediction": "red", "correct": True})
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(good.encode() + b'\n{"index": 1, "prediction": "\xff", "correct": false}\n' + DEEP.encode() + b"\n")
+    assert list(_read_predictions([path])) == [0]

@@ -492,13 +492,13 @@ def _read_predictions(paths: Sequence[Path]) -> dict[int, dict]:
     records = {}
     for path in paths:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_bytes().splitlines()
         except OSError:
             continue
         for line in lines:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # damaged line: redone
                 continue
             if _valid_prediction(row):
                 records[row["index"]] = row
