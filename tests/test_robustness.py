@@ -464,3 +464,19 @@ def test_undecodable_or_deeply_nested_prediction_lines_are_redone(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_bytes(good.encode() + b'\n{"index": 1, "prediction": "\xff", "correct": false}\n' + DEEP.encode() + b"\n")
     assert list(_read_predictions([path])) == [0]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_eval_limit_below_one_is_refused(tmp_path, capsys, no_model_loading, limit):
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")  # -1 silently dropped the last prompt
+    one_line_error(capsys, ["eval", "t2i", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"),
+                            "--limit", limit], "--limit")
+    one_line_error(capsys, ["eval", "mmu", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"),
+                            "--limit", limit], "--limit")
+
+
+def test_eval_limit_below_one_is_refused_by_the_api(tmp_path, tiny_bundle):
+    from flashu.observe.evaluation import eval_t2i
+
+    with pytest.raises(FlashuError, match="limit"):
+        eval_t2i(tiny_bundle, ["a", "b"], "none", tmp_path / "o", steps=2, limit=-1, progress=False)

@@ -109,6 +109,11 @@ def _check_steps_seed(steps: int | None, seed: int) -> None:
         raise FlashuError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise FlashuError(f"--limit must be at least 1, got {limit}")
+
+
 # ---------------------------------------------------------------------------------------------------- generate
 @main.command()
 @model_option
@@ -499,6 +504,7 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
 
     _check_steps_seed(steps, seed)
     _finite(guidance, "--guidance")
+    _check_limit(limit)
     writable_dir(out_dir, "--out")
     from .io.loading import load_model
     from .observe import distributed
@@ -533,6 +539,7 @@ def eval_mmu_command(model, data_jsonl, configs, out_dir, max_new_tokens, limit,
     """Answer accuracy per configuration (resumable; torchrun-shardable)."""
     from .io.paths import writable_dir
 
+    _check_limit(limit)
     writable_dir(out_dir, "--out")
     from .io.loading import load_model
     from .observe import distributed

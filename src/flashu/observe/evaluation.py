@@ -192,6 +192,16 @@ def _text_field(value):
     return value
 
 
+def _limited(items: list, limit: int | None) -> list:
+    """The first ``limit`` items (``None``: all); 0 or a negative limit (which slicing would read as "all but the
+    last") is refused."""
+    if limit is None:
+        return items
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise FlashuError(f"limit must be a positive integer, got {limit!r}")
+    return items[:limit]
+
+
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
     try:
         return path.read_text(encoding=encoding)
@@ -406,7 +416,7 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
     """Generate every prompt of ``prompts_source`` under every configuration into ``out_dir`` (see the module
     docstring for formats, layouts, resuming and sharding). Returns the merged report (on every rank)."""
     fmt, items = read_t2i_prompts(prompts_source, fmt)
-    items = items[:limit] if limit is not None else items
+    items = _limited(items, limit)
     samples = DEFAULT_SAMPLES[fmt] if samples_per_prompt is None else int(samples_per_prompt)
     if samples < 1:
         raise FlashuError(f"samples_per_prompt must be at least 1, got {samples}")
@@ -526,7 +536,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
     from .metrics import score_answer
 
     items = read_mmu_data(data_jsonl)
-    items = items[:limit] if limit is not None else items
+    items = _limited(items, limit)
     if int(max_new_tokens) <= 0:
         raise FlashuError(f"max_new_tokens must be positive, got {max_new_tokens}")
     parsed, dirs, out, shard = _prepare(bundle, "mmu", configs, out_dir, shard)
