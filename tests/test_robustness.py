@@ -480,3 +480,11 @@ def test_eval_limit_below_one_is_refused_by_the_api(tmp_path, tiny_bundle):
 
     with pytest.raises(FlashuError, match="limit"):
         eval_t2i(tiny_bundle, ["a", "b"], "none", tmp_path / "o", steps=2, limit=-1, progress=False)
+
+
+def test_zero_calibration_samples_are_refused_not_replaced_by_the_default(bundle, capsys):
+    with pytest.raises(FlashuError, match="calibration_samples"):  # 0 silently became the preset's 20
+        flashu.accelerate(bundle, "prune-only", task="t2i", calibration_samples=0)
+    assert bundle.acceleration is None
+    one_line_error(capsys, ["bench", "--model", "tiny", "--configs", "paper", "--calibration-samples", "0"],
+                   "--calibration-samples")

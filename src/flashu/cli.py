@@ -365,6 +365,8 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
             resolve_accel(spec, t)  # fail on a bad spec before loading anything
     if repeats < 1:
         raise FlashuError(f"--repeats must be at least 1, got {repeats}")
+    if calibration_samples < 1:
+        raise FlashuError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if images and len(images) != len(questions):
         raise FlashuError("give one --question per --image")
     chosen = tuple(w.strip() for w in mmu_workloads.split(",") if w.strip())

@@ -66,6 +66,9 @@ def accelerate(bundle: Showo2Bundle, spec: "FlashUConfig | str | Path | None" = 
     calibration cache or are calibrated once (with a progress bar)."""
     if getattr(bundle, "acceleration", None) is not None:
         raise FlashuError("this model is already accelerated; call flashu.restore(bundle) first")
+    if calibration_samples is not None and (isinstance(calibration_samples, bool)
+                                            or not isinstance(calibration_samples, int) or calibration_samples < 1):
+        raise FlashuError(f"calibration_samples must be a positive integer, got {calibration_samples!r}")
     cfg = resolve_accel(spec, task)
     check_supported(bundle, cfg)
     resolved = _resolve_scores(bundle, cfg, scores, progress, calibration_samples, use_cache)
