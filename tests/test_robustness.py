@@ -488,3 +488,10 @@ def test_zero_calibration_samples_are_refused_not_replaced_by_the_default(bundle
     assert bundle.acceleration is None
     one_line_error(capsys, ["bench", "--model", "tiny", "--configs", "paper", "--calibration-samples", "0"],
                    "--calibration-samples")
+
+
+@pytest.mark.parametrize("scores", [5, {"t2i": 5}, ["t2i"]])
+def test_scores_of_the_wrong_type(bundle, scores):
+    with pytest.raises(FlashuError, match="scores"):
+        flashu.accelerate(bundle, "prune-only", task="t2i", scores=scores)
+    assert bundle.acceleration is None

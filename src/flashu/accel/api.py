@@ -95,7 +95,13 @@ def _resolve_scores(bundle, cfg: FlashUConfig, scores: ScoresArg, progress: bool
                     use_cache: bool) -> dict[str, ImportanceScores]:
     needed = [task for task in ("t2i", "mmu") if cfg.needs_scores(task)]
     resolved: dict[str, ImportanceScores] = {}
+    if scores is not None and not isinstance(scores, Mapping):
+        raise FlashuError(f"scores must map a task (t2i, mmu) to importance scores or their file, not "
+                          f"{type(scores).__name__}")
     for task, item in dict(scores or {}).items():  # check what was given before spending time on calibration
+        if not isinstance(item, (ImportanceScores, str, Path)):
+            raise FlashuError(f"scores[{task!r}] must be importance scores or the path of their file, not "
+                              f"{type(item).__name__}")
         item = item if isinstance(item, ImportanceScores) else ImportanceScores.load(item)
         if item.task != task:
             raise FlashuError(f"the importance scores given for {task} are for {item.task}: pass the {task} file")
