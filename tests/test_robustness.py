@@ -495,3 +495,13 @@ def test_scores_of_the_wrong_type(bundle, scores):
     with pytest.raises(FlashuError, match="scores"):
         flashu.accelerate(bundle, "prune-only", task="t2i", scores=scores)
     assert bundle.acceleration is None
+
+
+def test_cli_scores_of_the_other_task_are_refused(tmp_path, bundle, capsys):
+    from PIL import Image
+
+    path = _scores_file(tmp_path, bundle)  # t2i scores
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "x.png")
+    one_line_error(capsys, ["ask", "--model", "tiny", "--image", str(tmp_path / "x.png"), "--question", "q",
+                            "--max-new-tokens", "2", "--accel", "paper", "--scores", str(path), "--no-progress"],
+                   "holds t2i importance scores")

@@ -85,12 +85,15 @@ def _load(model: str, device: str, dtype: str, tokenizer=None, vae=None, progres
     return load_model(model, dtype=dtype, device=device, tokenizer=tokenizer, vae=vae, progress=progress)
 
 
-def _scores(files) -> dict:
+def _scores(files, task: str) -> dict:
     from .accel.importance import ImportanceScores
 
     scores = {}
     for path in files:
         item = ImportanceScores.load(path)
+        if item.task != task:  # would be ignored, and the task calibrated anyway
+            raise FlashuError(f"--scores {path} holds {item.task} importance scores; this command needs {task} "
+                              f"scores ('flashu calibrate --task {task}')")
         if item.task in scores:
             raise FlashuError(f"two --scores files for task {item.task}; give at most one per task")
         scores[item.task] = item
@@ -155,7 +158,7 @@ def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, prog
         from .compiled import compile as compile_bundle
 
         compile_bundle(bundle)
-    with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files), progress=progress):
+    with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files, "t2i"), progress=progress):
         result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
                      progress=progress, noise_dtype=noise_dtype)
     for image, path in zip(result.images, paths):
@@ -214,7 +217,7 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
         from .compiled import compile as compile_bundle
 
         compile_bundle(bundle)
-    with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files), progress=progress):
+    with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files, "mmu"), progress=progress):
         result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
                         layout=layout)
     click.echo(result.text)
