@@ -505,3 +505,10 @@ def test_cli_scores_of_the_other_task_are_refused(tmp_path, bundle, capsys):
     one_line_error(capsys, ["ask", "--model", "tiny", "--image", str(tmp_path / "x.png"), "--question", "q",
                             "--max-new-tokens", "2", "--accel", "paper", "--scores", str(path), "--no-progress"],
                    "holds t2i importance scores")
+
+
+def test_unknown_layout_is_a_flashu_error(tiny_bundle, tmp_path):
+    from PIL import Image
+
+    with pytest.raises(ConfigError, match="layout"):  # ConfigError is also a ValueError, as before
+        flashu.answer(tiny_bundle, Image.new("RGB", (32, 32), "red"), "q", max_new_tokens=2, layout="sideways")
