@@ -512,3 +512,10 @@ def test_unknown_layout_is_a_flashu_error(tiny_bundle, tmp_path):
 
     with pytest.raises(ConfigError, match="layout"):  # ConfigError is also a ValueError, as before
         flashu.answer(tiny_bundle, Image.new("RGB", (32, 32), "red"), "q", max_new_tokens=2, layout="sideways")
+
+
+def test_an_image_without_pixels(tiny_bundle):
+    from PIL import Image
+
+    with pytest.raises(FlashuError, match="no pixels"):  # was ZeroDivisionError
+        flashu.answer(tiny_bundle, Image.new("RGB", (0, 0)), "q", max_new_tokens=2)
