@@ -519,3 +519,13 @@ def test_an_image_without_pixels(tiny_bundle):
 
     with pytest.raises(FlashuError, match="no pixels"):  # was ZeroDivisionError
         flashu.answer(tiny_bundle, Image.new("RGB", (0, 0)), "q", max_new_tokens=2)
+
+
+def test_load_and_save_argument_types(tmp_path, tiny_bundle):
+    with pytest.raises(FlashuError, match="seed must be an integer"):  # was a RuntimeError from torch
+        flashu.load_model("tiny", seed="a")
+    with pytest.raises(FlashuError, match="bundle"):  # was AttributeError
+        flashu.save_pretrained(5, tmp_path / "c")
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(FlashuError, match="cannot create"):  # was NotADirectoryError
+        flashu.save_pretrained(tiny_bundle, tmp_path / "f" / "c")
