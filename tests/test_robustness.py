@@ -529,3 +529,11 @@ def test_load_and_save_argument_types(tmp_path, tiny_bundle):
     (tmp_path / "f").write_text("a file")
     with pytest.raises(FlashuError, match="cannot create"):  # was NotADirectoryError
         flashu.save_pretrained(tiny_bundle, tmp_path / "f" / "c")
+
+
+@pytest.mark.parametrize("spec", ["paper:generation.prune_alignment=1000",
+                                  "paper:understanding.prune_alignment=512"])
+def test_pruning_that_prunes_nothing_is_refused(bundle, spec):
+    with pytest.raises(ConfigError, match="prunes no neuron"):  # tiny: 256 neurons, kept count never below them
+        flashu.accelerate(bundle, spec)
+    assert bundle.acceleration is None

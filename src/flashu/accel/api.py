@@ -22,7 +22,7 @@ from ..errors import ConfigError, FlashuError
 from .config import FlashUConfig
 from .importance import ImportanceScores
 from .layer_skip import skip_count
-from .pruning import PruningLayout, inverse, permute_model, plan_layout
+from .pruning import PruningLayout, inverse, kept_count, permute_model, plan_layout
 from .spec import resolve_accel
 
 
@@ -136,6 +136,12 @@ def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
         if und.token_prune_ratio > 0 and und.token_prune_layer >= llm.num_layers:
             raise ConfigError(f"understanding.token_prune_layer {und.token_prune_layer} must be below this model's "
                               f"{llm.num_layers} decoder layers")
+    for section, part in (("generation", gen), ("understanding", und)):
+        if part is not None and part.prune_ratio > 0 \
+                and kept_count(llm.intermediate_size, part.prune_ratio, part.prune_alignment) >= llm.intermediate_size:
+            raise ConfigError(f"{section}.prune_ratio {part.prune_ratio} with prune_alignment {part.prune_alignment} "
+                              f"prunes no neuron of this model's {llm.intermediate_size}-neuron FFNs; use a smaller "
+                              "prune_alignment, or prune_ratio 0 (off)")
     if cfg.needs_generation_scores or cfg.needs_understanding_scores:
         _check_weights_resident(model)
 
