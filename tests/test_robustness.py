@@ -537,3 +537,11 @@ def test_pruning_that_prunes_nothing_is_refused(bundle, spec):
     with pytest.raises(ConfigError, match="prunes no neuron"):  # tiny: 256 neurons, kept count never below them
         flashu.accelerate(bundle, spec)
     assert bundle.acceleration is None
+
+
+@pytest.mark.parametrize("spec", ["paper:understanding.layer_skip_ratio=0.9",
+                                  "paper:generation.protect_first_last=true,generation.layer_skip_ratio=0.8"])
+def test_layer_skipping_beyond_the_unprotected_layers_is_refused(bundle, spec):
+    with pytest.raises(ConfigError, match="protected"):  # tiny: 5 layers, 3 skippable; 4 were asked, 3 skipped
+        flashu.accelerate(bundle, spec)
+    assert bundle.acceleration is None

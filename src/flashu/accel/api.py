@@ -123,16 +123,19 @@ def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
     llm = model.config.llm
     gen, und = cfg.generation, cfg.understanding
     if gen is not None:
-        skip_count(gen.layer_skip_ratio, llm.num_layers, "generation.layer_skip_ratio")
+        _protected(skip_count(gen.layer_skip_ratio, llm.num_layers, "generation.layer_skip_ratio"),
+                   gen.protect_first_last, llm.num_layers, "generation.layer_skip_ratio", gen.layer_skip_ratio)
         groups = int(gen.attention_group_prune_ratio * llm.num_kv_heads)
         if gen.attention_group_prune_ratio > 0 and (groups == 0 or groups >= llm.num_kv_heads):
             raise ConfigError(f"generation.attention_group_prune_ratio {gen.attention_group_prune_ratio} prunes "
                               f"{groups} of this model's {llm.num_kv_heads} KV groups; use 0 or a ratio that "
                               "prunes some but not all")
     if und is not None:
-        skip_count(und.layer_skip_ratio, llm.num_layers, "understanding.layer_skip_ratio")
+        _protected(skip_count(und.layer_skip_ratio, llm.num_layers, "understanding.layer_skip_ratio"),
+                   und.protect_first_last, llm.num_layers, "understanding.layer_skip_ratio", und.layer_skip_ratio)
         if und.speculative_decoding:
-            skip_count(und.draft_skip_ratio, llm.num_layers, "understanding.draft_skip_ratio")
+            _protected(skip_count(und.draft_skip_ratio, llm.num_layers, "understanding.draft_skip_ratio"),
+                       True, llm.num_layers, "understanding.draft_skip_ratio", und.draft_skip_ratio)
         if und.token_prune_ratio > 0 and und.token_prune_layer >= llm.num_layers:
             raise ConfigError(f"understanding.token_prune_layer {und.token_prune_layer} must be below this model's "
                               f"{llm.num_layers} decoder layers")
@@ -144,6 +147,14 @@ def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
                               "prune_alignment, or prune_ratio 0 (off)")
     if cfg.needs_generation_scores or cfg.needs_understanding_scores:
         _check_weights_resident(model)
+
+
+def _protected(count: int, protect: bool, num_layers: int, field: str, ratio: float) -> None:
+    """With the first and last layers never skipped, ``count`` must fit in the other ``num_layers - 2`` (else fewer
+    layers than configured would be skipped, silently)."""
+    if protect and count > num_layers - 2:
+        raise ConfigError(f"{field} {ratio} skips {count} of this model's {num_layers} layers, but with the first "
+                          f"and last protected only {max(num_layers - 2, 0)} can be skipped; use a smaller ratio")
 
 
 def _check_weights_resident(model) -> None:
