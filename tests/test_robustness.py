@@ -340,3 +340,208 @@ def test_no_progress_silences_every_bar_and_profiler_noise(tmp_path):
     noise = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
     assert noise == [], noise[:5]
     json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+
+
+# ---------------------------------------------------------------------------------------------------- sweep findings
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_pickle_calling_a_blocked_module_is_refused_not_called_corrupt(tmp_path, tiny_bundle):
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    (directory / "model.safetensors").unlink()
+    torch.save({"w": _RunsCode()}, directory / "pytorch_model.bin")  # torch: "unsupported GLOBAL posix.system"
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        flashu.load_model(str(directory))
+
+
+@pytest.mark.parametrize("content", [b'{"hidden_size": 1536, "x": "\xff"}', b'{"flashu": ' + b"[" * 100000 + b"]" * 100000 + b"}"])
+def test_unreadable_config_json(tmp_path, tiny_bundle, content):
+    directory = flashu.save_pretrained(tiny_bundle, tmp_path / "m")
+    (directory / "config.json").write_bytes(content)
+    with pytest.raises(ConfigError, match="cannot read model config"):
+        flashu.load_model(str(directory))
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"flashu": 5}, "flashu must be an object"),
+    ({"flashu": "tiny"}, "flashu must be an object"),
+    ({"flashu": []}, "flashu must be an object"),
+    ({"hidden_size": 1536, "llm_vocab_size": float("inf")}, "invalid value"),
+    ({"hidden_size": 1536, "image_latent_dim": float("inf")}, "invalid value"),
+])
+def test_config_json_fields_of_the_wrong_kind(tmp_path, data, needle):
+    from flashu.config import load_config_file
+
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=needle):
+        load_config_file(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("dim_mult", [[-1, 2], [0, 2]])
+def test_non_positive_vae_dim_mult(tmp_path, tiny_bundle, dim_mult):
+    directory = _config_dir(tmp_path, tiny_bundle, vae__dim_mult=dim_mult)
+    with pytest.raises(ConfigError, match="vae.dim_mult entries must be positive"):
+        flashu.load_model(str(directory))
+
+
+def test_absurd_default_steps_in_a_config_are_refused(tmp_path, tiny_bundle):
+    directory = _config_dir(tmp_path, tiny_bundle, default_steps=10**12)
+    bundle = flashu.load_model(str(directory))
+    started = time.perf_counter()
+    with pytest.raises(FlashuError, match="steps must be an integer from 2 to"):
+        flashu.generate(bundle, "a red circle", progress=False)
+    assert time.perf_counter() - started < 5
+
+
+def test_names_longer_than_the_file_system_allows(tmp_path, capsys, no_model_loading):
+    one_line_error(capsys, ["generate", "--prompt", "x", "--out", str(tmp_path / ("n" * 300 + ".png"))], "too long")
+    one_line_error(capsys, ["eval", "t2i", "--prompts", "p.txt", "--out", str(tmp_path / ("n" * 300))], "too long")
+
+
+def test_model_name_longer_than_the_file_system_allows():
+    with pytest.raises(CheckpointError, match="too long"):
+        flashu.load_model("x" * 300 + "/y")
+
+
+DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("name,content", [
+    ("p.txt", b"a red \xff circle\n"),
+    ("p.csv", b"item_id,text\n1,a red \xff circle\n"),
+    ("p.json", DEEP.encode()),
+    ("p.json", b'{"a": "a red \xff circle"}'),
+    ("p.jsonl", (DEEP + "\n").encode()),
+    ("p.jsonl", b'{"prompt": "a red \xff circle"}\n'),
+    ("dpg/a.txt", b"a red \xff circle"),
+])
+def test_undecodable_or_deeply_nested_prompt_files(tmp_path, name, content):
+    from flashu.observe.evaluation import read_t2i_prompts
+
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    with pytest.raises(FlashuError):
+        read_t2i_prompts(path.parent if name.startswith("dpg/") else path)
+
+
+@pytest.mark.parametrize("content", [b'{"image": "x.png", "question": "\xff?", "answer": "red"}\n',
+                                     (DEEP + "\n").encode()])
+def test_undecodable_or_deeply_nested_understanding_data(tmp_path, content):
+    from flashu.observe.evaluation import read_mmu_data
+
+    (tmp_path / "d.jsonl").write_bytes(content)
+    with pytest.raises(FlashuError, match="d.jsonl"):
+        read_mmu_data(tmp_path / "d.jsonl")
+
+
+@pytest.mark.parametrize("field", ["image", "question", "answer"])
+def test_null_fields_in_understanding_data_are_refused(tmp_path, field):
+    from flashu.observe.evaluation import read_mmu_data
+
+    row = {"image": "x.png", "question": "what colour?", "answer": "red", field: None}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(FlashuError, match="d.jsonl:1"):  # was read as the text "None"
+        read_mmu_data(tmp_path / "d.jsonl")
+
+
+@pytest.mark.parametrize("name,content", [("p.json", {"a": None}), ("p.json", {"a": ["x"]}),
+                                          ("p.jsonl", {"prompt": None, "tag": "single_object"})])
+def test_null_prompts_are_refused(tmp_path, name, content):
+    from flashu.observe.evaluation import read_t2i_prompts
+
+    (tmp_path / name).write_text(json.dumps(content) + "\n")
+    with pytest.raises(FlashuError, match="text"):  # was generated as the prompt "None"
+        read_t2i_prompts(tmp_path / name)
+
+
+def test_undecodable_or_deeply_nested_prediction_lines_are_redone(tmp_path):
+    from flashu.observe.evaluation import _read_predictions
+
+    good = json.dumps({"index": 0, "prediction": "red", "correct": True})
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(good.encode() + b'\n{"index": 1, "prediction": "\xff", "correct": false}\n' + DEEP.encode() + b"\n")
+    assert list(_read_predictions([path])) == [0]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_eval_limit_below_one_is_refused(tmp_path, capsys, no_model_loading, limit):
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")  # -1 silently dropped the last prompt
+    one_line_error(capsys, ["eval", "t2i", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"),
+                            "--limit", limit], "--limit")
+    one_line_error(capsys, ["eval", "mmu", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"),
+                            "--limit", limit], "--limit")
+
+
+def test_eval_limit_below_one_is_refused_by_the_api(tmp_path, tiny_bundle):
+    from flashu.observe.evaluation import eval_t2i
+
+    with pytest.raises(FlashuError, match="limit"):
+        eval_t2i(tiny_bundle, ["a", "b"], "none", tmp_path / "o", steps=2, limit=-1, progress=False)
+
+
+def test_zero_calibration_samples_are_refused_not_replaced_by_the_default(bundle, capsys):
+    with pytest.raises(FlashuError, match="calibration_samples"):  # 0 silently became the preset's 20
+        flashu.accelerate(bundle, "prune-only", task="t2i", calibration_samples=0)
+    assert bundle.acceleration is None
+    one_line_error(capsys, ["bench", "--model", "tiny", "--configs", "paper", "--calibration-samples", "0"],
+                   "--calibration-samples")
+
+
+@pytest.mark.parametrize("scores", [5, {"t2i": 5}, ["t2i"]])
+def test_scores_of_the_wrong_type(bundle, scores):
+    with pytest.raises(FlashuError, match="scores"):
+        flashu.accelerate(bundle, "prune-only", task="t2i", scores=scores)
+    assert bundle.acceleration is None
+
+
+def test_cli_scores_of_the_other_task_are_refused(tmp_path, bundle, capsys):
+    from PIL import Image
+
+    path = _scores_file(tmp_path, bundle)  # t2i scores
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "x.png")
+    one_line_error(capsys, ["ask", "--model", "tiny", "--image", str(tmp_path / "x.png"), "--question", "q",
+                            "--max-new-tokens", "2", "--accel", "paper", "--scores", str(path), "--no-progress"],
+                   "holds t2i importance scores")
+
+
+def test_unknown_layout_is_a_flashu_error(tiny_bundle, tmp_path):
+    from PIL import Image
+
+    with pytest.raises(ConfigError, match="layout"):  # ConfigError is also a ValueError, as before
+        flashu.answer(tiny_bundle, Image.new("RGB", (32, 32), "red"), "q", max_new_tokens=2, layout="sideways")
+
+
+def test_an_image_without_pixels(tiny_bundle):
+    from PIL import Image
+
+    with pytest.raises(FlashuError, match="no pixels"):  # was ZeroDivisionError
+        flashu.answer(tiny_bundle, Image.new("RGB", (0, 0)), "q", max_new_tokens=2)
+
+
+def test_load_and_save_argument_types(tmp_path, tiny_bundle):
+    with pytest.raises(FlashuError, match="seed must be an integer"):  # was a RuntimeError from torch
+        flashu.load_model("tiny", seed="a")
+    with pytest.raises(FlashuError, match="bundle"):  # was AttributeError
+        flashu.save_pretrained(5, tmp_path / "c")
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(FlashuError, match="cannot create"):  # was NotADirectoryError
+        flashu.save_pretrained(tiny_bundle, tmp_path / "f" / "c")
+
+
+@pytest.mark.parametrize("spec", ["paper:generation.prune_alignment=1000",
+                                  "paper:understanding.prune_alignment=512"])
+def test_pruning_that_prunes_nothing_is_refused(bundle, spec):
+    with pytest.raises(ConfigError, match="prunes no neuron"):  # tiny: 256 neurons, kept count never below them
+        flashu.accelerate(bundle, spec)
+    assert bundle.acceleration is None
+
+
+@pytest.mark.parametrize("spec", ["paper:understanding.layer_skip_ratio=0.9",
+                                  "paper:generation.protect_first_last=true,generation.layer_skip_ratio=0.8"])
+def test_layer_skipping_beyond_the_unprotected_layers_is_refused(bundle, spec):
+    with pytest.raises(ConfigError, match="protected"):  # tiny: 5 layers, 3 skippable; 4 were asked, 3 skipped
+        flashu.accelerate(bundle, spec)
+    assert bundle.acceleration is None

@@ -85,12 +85,15 @@ def _load(model: str, device: str, dtype: str, tokenizer=None, vae=None, progres
     return load_model(model, dtype=dtype, device=device, tokenizer=tokenizer, vae=vae, progress=progress)
 
 
-def _scores(files) -> dict:
+def _scores(files, task: str) -> dict:
     from .accel.importance import ImportanceScores
 
     scores = {}
     for path in files:
         item = ImportanceScores.load(path)
+        if item.task != task:  # would be ignored, and the task calibrated anyway
+            raise FlashuError(f"--scores {path} holds {item.task} importance scores; this command needs {task} "
+                              f"scores ('flashu calibrate --task {task}')")
         if item.task in scores:
             raise FlashuError(f"two --scores files for task {item.task}; give at most one per task")
         scores[item.task] = item
@@ -107,6 +110,11 @@ def _check_steps_seed(steps: int | None, seed: int) -> None:
         raise FlashuError(f"--steps must be between 2 and {MAX_STEPS} (grid points), got {steps}")
     if not 0 <= seed <= MAX_SEED:
         raise FlashuError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise FlashuError(f"--limit must be at least 1, got {limit}")
 
 
 # ---------------------------------------------------------------------------------------------------- generate
@@ -150,7 +158,7 @@ def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, prog
         from .compiled import compile as compile_bundle
 
         compile_bundle(bundle)
-    with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files), progress=progress):
+    with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files, "t2i"), progress=progress):
         result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
                      progress=progress, noise_dtype=noise_dtype)
     for image, path in zip(result.images, paths):
@@ -209,7 +217,7 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
         from .compiled import compile as compile_bundle
 
         compile_bundle(bundle)
-    with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files), progress=progress):
+    with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files, "mmu"), progress=progress):
         result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
                         layout=layout)
     click.echo(result.text)
@@ -360,6 +368,8 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
             resolve_accel(spec, t)  # fail on a bad spec before loading anything
     if repeats < 1:
         raise FlashuError(f"--repeats must be at least 1, got {repeats}")
+    if calibration_samples < 1:
+        raise FlashuError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if images and len(images) != len(questions):
         raise FlashuError("give one --question per --image")
     chosen = tuple(w.strip() for w in mmu_workloads.split(",") if w.strip())
@@ -499,6 +509,7 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
 
     _check_steps_seed(steps, seed)
     _finite(guidance, "--guidance")
+    _check_limit(limit)
     writable_dir(out_dir, "--out")
     from .io.loading import load_model
     from .observe import distributed
@@ -533,6 +544,7 @@ def eval_mmu_command(model, data_jsonl, configs, out_dir, max_new_tokens, limit,
     """Answer accuracy per configuration (resumable; torchrun-shardable)."""
     from .io.paths import writable_dir
 
+    _check_limit(limit)
     writable_dir(out_dir, "--out")
     from .io.loading import load_model
     from .observe import distributed

@@ -181,6 +181,7 @@ class Showo2Config:
             (vis.hidden_size % vis.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads"),
             (llm.head_dim % 2 == 0 and head.head_dim % 2 == 0, "head_dim must be even (rotary embedding)"),
             (head.time_frequency_dim % 2 == 0, "head.time_frequency_dim must be even"),
+            (all(m > 0 for m in self.vae.dim_mult), f"vae.dim_mult entries must be positive, got {self.vae.dim_mult}"),
             (len(self.vae.temperal_downsample) == len(self.vae.dim_mult) - 1,
              "vae.temperal_downsample needs len(vae.dim_mult) - 1 entries"),
             (len(self.vae.latents_mean) == self.vae.z_dim == len(self.vae.latents_std),
@@ -253,6 +254,8 @@ class Showo2Config:
     def from_official_dict(cls, data: dict[str, Any]) -> "Showo2Config":
         """Rebuild a config from an official (or our) ``config.json``."""
         if "flashu" in data:
+            if not isinstance(data["flashu"], dict):
+                raise ConfigError(f"config.json field flashu must be an object, got {data['flashu']!r:.60}")
             return cls.from_dict(data["flashu"])
         hidden = data.get("hidden_size")
         base = next((p for p in (preset("1.5b"), preset("7b")) if p.llm.hidden_size == hidden), None)
@@ -275,9 +278,10 @@ class Showo2Config:
             base.clip_pretrained_model_path = data.get("clip_pretrained_model_path", base.clip_pretrained_model_path)
             if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²
                 base.max_text_len = 251
-        except (TypeError, ValueError) as exc:
+            latent_dim = int(data.get("image_latent_dim", base.latent_channels))
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
             raise ConfigError(f"invalid value in config.json: {exc}") from None
-        if int(data.get("image_latent_dim", base.latent_channels)) != base.latent_channels:
+        if latent_dim != base.latent_channels:
             raise ConfigError("config.json image_latent_dim must be 16 (the Wan2.1 VAE) for official checkpoints")
         return base.validate()
 
@@ -466,9 +470,9 @@ def preset(name: str) -> Showo2Config:
 
 def load_config_file(path: str | Path) -> Showo2Config:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read model config {path}: {exc}") from None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ConfigError(f"cannot read model config {path}: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"model config {path} must hold a JSON object")
     return Showo2Config.from_official_dict(data)

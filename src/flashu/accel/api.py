@@ -22,7 +22,7 @@ from ..errors import ConfigError, FlashuError
 from .config import FlashUConfig
 from .importance import ImportanceScores
 from .layer_skip import skip_count
-from .pruning import PruningLayout, inverse, permute_model, plan_layout
+from .pruning import PruningLayout, inverse, kept_count, permute_model, plan_layout
 from .spec import resolve_accel
 
 
@@ -66,6 +66,9 @@ def accelerate(bundle: Showo2Bundle, spec: "FlashUConfig | str | Path | None" = 
     calibration cache or are calibrated once (with a progress bar)."""
     if getattr(bundle, "acceleration", None) is not None:
         raise FlashuError("this model is already accelerated; call flashu.restore(bundle) first")
+    if calibration_samples is not None and (isinstance(calibration_samples, bool)
+                                            or not isinstance(calibration_samples, int) or calibration_samples < 1):
+        raise FlashuError(f"calibration_samples must be a positive integer, got {calibration_samples!r}")
     cfg = resolve_accel(spec, task)
     check_supported(bundle, cfg)
     resolved = _resolve_scores(bundle, cfg, scores, progress, calibration_samples, use_cache)
@@ -92,7 +95,13 @@ def _resolve_scores(bundle, cfg: FlashUConfig, scores: ScoresArg, progress: bool
                     use_cache: bool) -> dict[str, ImportanceScores]:
     needed = [task for task in ("t2i", "mmu") if cfg.needs_scores(task)]
     resolved: dict[str, ImportanceScores] = {}
+    if scores is not None and not isinstance(scores, Mapping):
+        raise FlashuError(f"scores must map a task (t2i, mmu) to importance scores or their file, not "
+                          f"{type(scores).__name__}")
     for task, item in dict(scores or {}).items():  # check what was given before spending time on calibration
+        if not isinstance(item, (ImportanceScores, str, Path)):
+            raise FlashuError(f"scores[{task!r}] must be importance scores or the path of their file, not "
+                              f"{type(item).__name__}")
         item = item if isinstance(item, ImportanceScores) else ImportanceScores.load(item)
         if item.task != task:
             raise FlashuError(f"the importance scores given for {task} are for {item.task}: pass the {task} file")
@@ -114,21 +123,38 @@ def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
     llm = model.config.llm
     gen, und = cfg.generation, cfg.understanding
     if gen is not None:
-        skip_count(gen.layer_skip_ratio, llm.num_layers, "generation.layer_skip_ratio")
+        _protected(skip_count(gen.layer_skip_ratio, llm.num_layers, "generation.layer_skip_ratio"),
+                   gen.protect_first_last, llm.num_layers, "generation.layer_skip_ratio", gen.layer_skip_ratio)
         groups = int(gen.attention_group_prune_ratio * llm.num_kv_heads)
         if gen.attention_group_prune_ratio > 0 and (groups == 0 or groups >= llm.num_kv_heads):
             raise ConfigError(f"generation.attention_group_prune_ratio {gen.attention_group_prune_ratio} prunes "
                               f"{groups} of this model's {llm.num_kv_heads} KV groups; use 0 or a ratio that "
                               "prunes some but not all")
     if und is not None:
-        skip_count(und.layer_skip_ratio, llm.num_layers, "understanding.layer_skip_ratio")
+        _protected(skip_count(und.layer_skip_ratio, llm.num_layers, "understanding.layer_skip_ratio"),
+                   und.protect_first_last, llm.num_layers, "understanding.layer_skip_ratio", und.layer_skip_ratio)
         if und.speculative_decoding:
-            skip_count(und.draft_skip_ratio, llm.num_layers, "understanding.draft_skip_ratio")
+            _protected(skip_count(und.draft_skip_ratio, llm.num_layers, "understanding.draft_skip_ratio"),
+                       True, llm.num_layers, "understanding.draft_skip_ratio", und.draft_skip_ratio)
         if und.token_prune_ratio > 0 and und.token_prune_layer >= llm.num_layers:
             raise ConfigError(f"understanding.token_prune_layer {und.token_prune_layer} must be below this model's "
                               f"{llm.num_layers} decoder layers")
+    for section, part in (("generation", gen), ("understanding", und)):
+        if part is not None and part.prune_ratio > 0 \
+                and kept_count(llm.intermediate_size, part.prune_ratio, part.prune_alignment) >= llm.intermediate_size:
+            raise ConfigError(f"{section}.prune_ratio {part.prune_ratio} with prune_alignment {part.prune_alignment} "
+                              f"prunes no neuron of this model's {llm.intermediate_size}-neuron FFNs; use a smaller "
+                              "prune_alignment, or prune_ratio 0 (off)")
     if cfg.needs_generation_scores or cfg.needs_understanding_scores:
         _check_weights_resident(model)
+
+
+def _protected(count: int, protect: bool, num_layers: int, field: str, ratio: float) -> None:
+    """With the first and last layers never skipped, ``count`` must fit in the other ``num_layers - 2`` (else fewer
+    layers than configured would be skipped, silently)."""
+    if protect and count > num_layers - 2:
+        raise ConfigError(f"{field} {ratio} skips {count} of this model's {num_layers} layers, but with the first "
+                          f"and last protected only {max(num_layers - 2, 0)} can be skipped; use a smaller ratio")
 
 
 def _check_weights_resident(model) -> None:

@@ -133,7 +133,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         # mmap avoids holding a second full copy of a multi-GB file; only the zip format supports it.
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # a damaged pickle stream, not a disallowed object
+        if "unsupported global" not in str(exc).lower():  # a damaged pickle stream, not a disallowed object
             raise _corrupt(path, exc) from None
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects, not just tensors, and unpickling them could run "

@@ -356,9 +356,13 @@ def checkpoint_dir(name_or_path: str, *, config_only: bool = False, progress: bo
     VAE files it holds; ``config_only``: just ``config.json``). Behind
     :func:`flashu.io.checkpoint.resolve_checkpoint_dir`."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise CheckpointError(f"cannot use {name_or_path!r:.80} as a model: {exc.strerror or exc}") from None
+    if is_dir:
         return path
-    if path.exists():
+    if exists:
         raise CheckpointError(f"{name_or_path} is a file; pass the model directory that holds it")
     if not is_hub_id(name_or_path):
         from ..config import MODEL_PRESET_NAMES

@@ -64,6 +64,8 @@ def preprocess_image(img: Image.Image, size: int) -> torch.Tensor:
         raise ConfigError(f"image size must be positive, got {size}")
     img = img if img.mode == "RGB" else to_rgb(img)
     width, height = img.size
+    if not width or not height:
+        raise FlashuError(f"the image has no pixels ({width}x{height})")
     # torchvision Resize(int): the shorter side becomes `size`, the longer one is truncated, not rounded.
     if width <= height:
         new_w, new_h = size, int(size * height / width)

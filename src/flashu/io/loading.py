@@ -82,6 +82,8 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
     if not isinstance(name_or_path, (str, Path)):
         raise FlashuError(f"a model is a preset name, a directory or a hub id, not {type(name_or_path).__name__}")
     name_or_path = str(name_or_path)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FlashuError(f"seed must be an integer, got {seed!r}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if name_or_path.lower() in (*MODEL_PRESET_NAMES, TESTBED) and Path(name_or_path).is_dir():
@@ -173,8 +175,13 @@ def _random_preset(name: str, dtype: torch.dtype, device: torch.device, seed: in
 def save_pretrained(bundle: Showo2Bundle, directory: str | Path) -> Path:
     """Write config.json (official fields + a full ``flashu`` block), safetensors weights in the official key
     layout, the tokenizer and the VAE. ``load_model(directory)`` reads it back exactly."""
+    if not isinstance(bundle, Showo2Bundle):
+        raise FlashuError(f"save_pretrained takes a bundle from flashu.load_model, not {type(bundle).__name__}")
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlashuError(f"cannot create the checkpoint directory {out}: {exc.strerror or exc}") from None
     config: Showo2Config = bundle.config
     if bundle.source in ("tiny", "small", "1.5b", "7b") and config.tokenizer == "qwen2.5":
         config = Showo2Config.from_dict({**config.to_dict(), "tokenizer": "local-bytes"})

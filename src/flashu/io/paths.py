@@ -27,10 +27,11 @@ def writable_file(path: str | Path, what: str, suffixes: tuple[str, ...] | None 
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise FlashuError(f"{what} {path}: unsupported extension {path.suffix or '(none)'}; use one of "
                           f"{', '.join(suffixes)}")
-    if path.is_dir():
+    is_dir, exists = _probe(path, what)
+    if is_dir:
         raise FlashuError(f"{what} {path} is a directory; give a file name")
     _check_parent(path, what)
-    if path.exists() and not os.access(path, os.W_OK):
+    if exists and not os.access(path, os.W_OK):
         raise FlashuError(f"{what} {path} exists and is not writable")
     return path
 
@@ -38,14 +39,23 @@ def writable_file(path: str | Path, what: str, suffixes: tuple[str, ...] | None 
 def writable_dir(path: str | Path, what: str) -> Path:
     """``path`` is, or can be created as, a writable directory. Nothing is created."""
     path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
+    is_dir, exists = _probe(path, what)
+    if exists and not is_dir:
         raise FlashuError(f"{what} {path} exists and is not a directory")
-    if path.is_dir():
+    if is_dir:
         if not os.access(path, os.W_OK | os.X_OK):
             raise FlashuError(f"{what} {path} is not writable")
         return path
     _check_parent(path, what)
     return path
+
+
+def _probe(path: Path, what: str) -> tuple[bool, bool]:
+    """(is a directory, exists), or one line for a path the OS refuses to look at (e.g. a name too long)."""
+    try:
+        return path.is_dir(), path.exists()
+    except OSError as exc:
+        raise FlashuError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
 def _check_parent(path: Path, what: str) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..config import Showo2Config
+from ..errors import ConfigError
 from .cache import KVCache, PrefixEntry, additive_mask, omni_attention_mask
 from .layers import (
     FinalLayer, FP32LayerNorm, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
@@ -70,7 +71,7 @@ class UnderstandingInputs:
 
     def __post_init__(self) -> None:
         if self.layout not in UNDERSTANDING_LAYOUTS:
-            raise ValueError(f"unknown understanding layout {self.layout!r}; use one of {UNDERSTANDING_LAYOUTS}")
+            raise ConfigError(f"unknown understanding layout {self.layout!r}; use one of {UNDERSTANDING_LAYOUTS}")
 
     @property
     def image_start(self) -> int:

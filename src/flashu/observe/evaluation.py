@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -123,31 +124,35 @@ def read_t2i_prompts(source: str | Path | Sequence[str], fmt: str = "auto") -> t
                 continue
             try:
                 meta = json.loads(line)
-                prompt = str(meta["prompt"]).strip()
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise FlashuError(f"{path}:{n}: expected a GenEval metadata object with a 'prompt'") from None
+                prompt = str(_text_field(meta["prompt"])).strip()
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
+                raise FlashuError(f"{path}:{n}: expected a GenEval metadata object with a text 'prompt'") from None
             items.append(PromptItem(len(items), f"{len(items):05d}", prompt, meta))
         return fmt, _nonempty(items, path)
     # DPG-Bench
     if path.is_dir():
-        pairs = [(f.stem, f.read_text(encoding="utf-8").strip()) for f in sorted(path.glob("*.txt"))]
+        pairs = [(f.stem, _read_text(f).strip()) for f in sorted(path.glob("*.txt"))]
     elif path.suffix.lower() == ".csv":
         pairs, seen = [], set()
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # DPG-Bench's CSV may start with a BOM
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"item_id", "text"} <= set(reader.fieldnames):
-                raise FlashuError(f"{path}: a DPG-Bench CSV needs the columns item_id and text")
-            for row in reader:
-                if row["item_id"] not in seen:
-                    seen.add(row["item_id"])
-                    pairs.append((row["item_id"], row["text"].strip()))
+        text = _read_text(path, "utf-8-sig")  # DPG-Bench's CSV may start with a BOM
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or not {"item_id", "text"} <= set(reader.fieldnames):
+            raise FlashuError(f"{path}: a DPG-Bench CSV needs the columns item_id and text")
+        for row in reader:
+            if row["item_id"] not in seen:
+                seen.add(row["item_id"])
+                pairs.append((row["item_id"], row["text"].strip()))
     else:
         try:
             data = json.loads(_read_text(path))
         except json.JSONDecodeError as exc:
             raise FlashuError(f"{path}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise FlashuError(f"{path}: not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise FlashuError(f"{path}: expected a JSON object {{item_id: prompt}}")
+        if any(not _is_text(v) for v in data.values()):
+            raise FlashuError(f"{path}: every prompt must be text (null, lists and objects are not prompts)")
         pairs = [(str(k), str(v).strip()) for k, v in data.items()]
     for item_id, prompt in pairs:
         if not item_id or item_id.startswith(".") or "/" in item_id or "\\" in item_id:
@@ -168,19 +173,42 @@ def read_mmu_data(path: str | Path) -> list[MMUItem]:
             continue
         try:
             row = json.loads(line)
-            image, question, answer = str(row["image"]), str(row["question"]), str(row["answer"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise FlashuError(f"{path}:{n}: expected a JSON object with 'image', 'question' and 'answer'") from None
+            image, question, answer = (str(_text_field(row[k])) for k in ("image", "question", "answer"))
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
+            raise FlashuError(f"{path}:{n}: expected a JSON object with text 'image', 'question' and 'answer'") from None
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         items.append(MMUItem(len(items), str(row.get("id", len(items))), str(image_path), question, answer))
     return _nonempty(items, path)
 
 
-def _read_text(path: Path) -> str:
+def _is_text(value) -> bool:
+    """A JSON value that reads as text: a string or a number, never null, a list or an object."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _text_field(value):
+    if not _is_text(value):
+        raise TypeError(f"not text: {value!r}")  # the readers turn this into their one-line error
+    return value
+
+
+def _limited(items: list, limit: int | None) -> list:
+    """The first ``limit`` items (``None``: all); 0 or a negative limit (which slicing would read as "all but the
+    last") is refused."""
+    if limit is None:
+        return items
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise FlashuError(f"limit must be a positive integer, got {limit!r}")
+    return items[:limit]
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except OSError as exc:
         raise FlashuError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FlashuError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -388,7 +416,7 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
     """Generate every prompt of ``prompts_source`` under every configuration into ``out_dir`` (see the module
     docstring for formats, layouts, resuming and sharding). Returns the merged report (on every rank)."""
     fmt, items = read_t2i_prompts(prompts_source, fmt)
-    items = items[:limit] if limit is not None else items
+    items = _limited(items, limit)
     samples = DEFAULT_SAMPLES[fmt] if samples_per_prompt is None else int(samples_per_prompt)
     if samples < 1:
         raise FlashuError(f"samples_per_prompt must be at least 1, got {samples}")
@@ -474,13 +502,13 @@ def _read_predictions(paths: Sequence[Path]) -> dict[int, dict]:
     records = {}
     for path in paths:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_bytes().splitlines()
         except OSError:
             continue
         for line in lines:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # damaged line: redone
                 continue
             if _valid_prediction(row):
                 records[row["index"]] = row
@@ -508,7 +536,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
     from .metrics import score_answer
 
     items = read_mmu_data(data_jsonl)
-    items = items[:limit] if limit is not None else items
+    items = _limited(items, limit)
     if int(max_new_tokens) <= 0:
         raise FlashuError(f"max_new_tokens must be positive, got {max_new_tokens}")
     parsed, dirs, out, shard = _prepare(bundle, "mmu", configs, out_dir, shard)

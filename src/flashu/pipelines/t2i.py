@@ -188,7 +188,7 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
     """
     cfg = bundle.config
     prompts = validate_prompts(prompts)
-    steps = cfg.default_steps if steps is None else _integer(steps, "steps", 2, MAX_STEPS)
+    steps = _integer(cfg.default_steps if steps is None else steps, "steps", 2, MAX_STEPS)  # also the config's
     guidance = cfg.default_guidance if guidance is None else guidance
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
             or guidance < 0:
