@@ -303,6 +303,8 @@ def test_a_preset_this_model_cannot_run_is_refused(tiny_bundle):
     two = Showo2Bundle(model.eval(), tiny_bundle.tokenizer, tiny_bundle.codec, tiny_bundle.special, "two-layer")
     for spec, needle in [("paper", "skips no layer"),
                          ("paper:generation.layer_skip_ratio=0.5,understanding.layer_skip_ratio=0.5",
+                          "only 0 can be skipped"),
+                         ("paper:generation.layer_skip_ratio=0,understanding.layer_skip_ratio=0",
                           "token_prune_layer")]:  # K = 2 is past the last of 2 layers
         with pytest.raises(ConfigError, match=needle):
             flashu.accelerate(two, spec)
