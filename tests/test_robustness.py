@@ -329,6 +329,10 @@ def test_malformed_prediction_records_are_redone(tmp_path):
     report = eval_mmu(bundle, data, "none", out, max_new_tokens=2, progress=False)
     entry = report["configs"]["none"]
     assert entry["complete"] and entry["answered"] == len(rows)
+    predictions.unlink()
+    predictions.mkdir()  # where the merged predictions go: refused before any work, not after it
+    with pytest.raises(FlashuError, match="not a file"):
+        eval_mmu(bundle, data, "none", out, max_new_tokens=2, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------- reports
@@ -370,8 +374,10 @@ def test_unreadable_config_json(tmp_path, tiny_bundle, content):
     ({"flashu": 5}, "flashu must be an object"),
     ({"flashu": "tiny"}, "flashu must be an object"),
     ({"flashu": []}, "flashu must be an object"),
-    ({"hidden_size": 1536, "llm_vocab_size": float("inf")}, "invalid value"),
-    ({"hidden_size": 1536, "image_latent_dim": float("inf")}, "invalid value"),
+    ({"hidden_size": 1536, "llm_vocab_size": float("inf")}, "llm_vocab_size must be an integer"),
+    ({"hidden_size": 1536, "image_latent_dim": float("inf")}, "image_latent_dim must be an integer"),
+    ({"hidden_size": 1536, "patch_size": 2.5}, "patch_size must be an integer"),
+    ({"hidden_size": 1536, "llm_model_path": 3}, "llm_model_path must be a string"),
 ])
 def test_config_json_fields_of_the_wrong_kind(tmp_path, data, needle):
     from flashu.config import load_config_file
@@ -403,7 +409,7 @@ def test_names_longer_than_the_file_system_allows(tmp_path, capsys, no_model_loa
 
 
 def test_model_name_longer_than_the_file_system_allows():
-    with pytest.raises(CheckpointError, match="too long"):
+    with pytest.raises(CheckpointError, match="no such model directory.*too long.*presets are"):
         flashu.load_model("x" * 300 + "/y")
 
 
@@ -547,3 +553,51 @@ def test_layer_skipping_beyond_the_unprotected_layers_is_refused(bundle, spec):
     with pytest.raises(ConfigError, match="protected"):  # tiny: 5 layers, 3 skippable; 4 were asked, 3 skipped
         flashu.accelerate(bundle, spec)
     assert bundle.acceleration is None
+
+
+# ---------------------------------------------------------------------------------------------------- sweep round 2
+def test_output_under_a_pseudo_file_system_is_refused_before_the_work(capsys, no_model_loading):
+    """/proc passes every permission bit check for root, yet no file can be created there."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    one_line_error(capsys, ["generate", "--prompt", "x", "--out", "/proc/flashu-x.png"], "cannot create files")
+    one_line_error(capsys, ["bench", "--plot", "/proc/flashu-r.png"], "cannot create files")
+
+
+def test_non_finite_latents_are_an_error_not_a_black_image(tiny_bundle):
+    with pytest.raises(FlashuError, match="non-finite latents"):
+        flashu.generate(tiny_bundle, "a red circle", steps=3, guidance=1e308, progress=False)
+    with pytest.raises(FlashuError, match="non-finite latents"):
+        with flashu.accelerated(tiny_bundle, "only-guidance:generation.guidance_low_factor=1e308"):
+            flashu.generate(tiny_bundle, "a red circle", steps=3, guidance=2.0, progress=False)
+
+
+def test_nan_weights_are_an_error_not_a_black_image(bundle):
+    layer = dict(bundle.model.named_parameters())["showo.model.layers.0.mlp.down_proj.weight"]
+    saved = layer.detach().clone()
+    try:
+        with torch.no_grad():
+            layer[0, 0] = float("nan")
+        with pytest.raises(FlashuError, match="non-finite weights"):
+            flashu.generate(bundle, "a red circle", steps=3, guidance=2.0, progress=False)
+    finally:
+        with torch.no_grad():
+            layer.copy_(saved)
+
+
+def test_max_new_tokens_beyond_the_context_is_refused(tiny_bundle, tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), "red")
+    for tokens in (10**7, 10**9):
+        with pytest.raises(FlashuError, match="context of 32768"):
+            flashu.answer(tiny_bundle, image, "what colour?", max_new_tokens=tokens)
+
+
+def test_accel_config_nested_too_deep(tmp_path):
+    from flashu.accel.config import FlashUConfig
+
+    (tmp_path / "deep.json").write_text(DEEP)
+    with pytest.raises(ConfigError, match="cannot read FlashU config"):
+        FlashUConfig.from_file(tmp_path / "deep.json")
+

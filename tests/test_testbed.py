@@ -31,7 +31,7 @@ def tiny_pixel_config() -> Showo2Config:
     data.update(
         name="tiny-pixel",
         llm=vars(LLMConfig(hidden_size=32, num_layers=5, num_heads=2, num_kv_heads=1, head_dim=16,
-                           intermediate_size=64, vocab_size=LOCAL_VOCAB_SIZE)),
+                           intermediate_size=128, vocab_size=LOCAL_VOCAB_SIZE)),
         vision=vars(VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, position_grid=8)),
         head=vars(FlowHeadConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                                  intermediate_size=64, time_frequency_dim=16)),

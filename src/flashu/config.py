@@ -264,23 +264,35 @@ class Showo2Config:
                 f"config.json has hidden_size={hidden}; only the official Show-o2 sizes 1536 (1.5B) and 3584 (7B) "
                 "can be rebuilt from an official config.json"
             )
-        try:
-            base.llm.vocab_size = int(data.get("llm_vocab_size", base.llm.vocab_size))
-            base.vision.hidden_size = int(data.get("clip_latent_dim", base.vision.hidden_size))
-            base.head.num_layers = int(data.get("num_diffusion_layers", base.head.num_layers))
-            base.patch_size = int(data.get("patch_size", base.patch_size))
-            # "image_latent_height" is the image-token grid (27 at 432²): upstream sizes its position ids by it.
-            grid = int(data.get("image_latent_height", 27))
-            if grid != int(data.get("image_latent_width", grid)):
-                raise ConfigError("config.json: only square latent grids are supported")
-            base.image_size = grid * base.patch_size * base.vae.spatial_factor
-            base.llm_model_path = data.get("llm_model_path", base.llm_model_path)
-            base.clip_pretrained_model_path = data.get("clip_pretrained_model_path", base.clip_pretrained_model_path)
-            if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²
-                base.max_text_len = 251
-            latent_dim = int(data.get("image_latent_dim", base.latent_channels))
-        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
-            raise ConfigError(f"invalid value in config.json: {exc}") from None
+        def integer(key: str, default: int) -> int:
+            value = data.get(key, default)
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                number = int(value)
+                if number != value:
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity)
+                raise ConfigError(f"config.json {key} must be an integer, got {value!r:.60}") from None
+            return number
+
+        base.llm.vocab_size = integer("llm_vocab_size", base.llm.vocab_size)
+        base.vision.hidden_size = integer("clip_latent_dim", base.vision.hidden_size)
+        base.head.num_layers = integer("num_diffusion_layers", base.head.num_layers)
+        base.patch_size = integer("patch_size", base.patch_size)
+        # "image_latent_height" is the image-token grid (27 at 432²): upstream sizes its position ids by it.
+        grid = integer("image_latent_height", 27)
+        if grid != integer("image_latent_width", grid):
+            raise ConfigError("config.json: only square latent grids are supported")
+        base.image_size = grid * base.patch_size * base.vae.spatial_factor
+        for key in ("llm_model_path", "clip_pretrained_model_path"):
+            value = data.get(key, getattr(base, key))
+            if not isinstance(value, str):
+                raise ConfigError(f"config.json {key} must be a string, got {value!r:.60}")
+            setattr(base, key, value)
+        if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²
+            base.max_text_len = 251
+        latent_dim = integer("image_latent_dim", base.latent_channels)
         if latent_dim != base.latent_channels:
             raise ConfigError("config.json image_latent_dim must be 16 (the Wan2.1 VAE) for official checkpoints")
         return base.validate()

@@ -85,3 +85,19 @@ def check_generation_fits(cfg: Showo2Config, image_size: int, prompts: int, cfg_
 def check_understanding_fits(cfg: Showo2Config, length: int, dtype: torch.dtype, device: torch.device | str) -> None:
     check_fits(f"an understanding prompt of {length} tokens", _sequence_bytes(cfg, 1, length, dtype), device,
                "use a smaller image size or a shorter question")
+
+
+MAX_POSITIONS = 32768  # Qwen2.5's context (max_position_embeddings of the 1.5B and 7B Instruct models)
+
+
+def check_answer_fits(cfg: Showo2Config, prompt: int, max_new_tokens: int, dtype: torch.dtype,
+                      device: torch.device | str) -> None:
+    """A prompt of ``prompt`` positions plus ``max_new_tokens`` decoded ones: within the LLM's context, and a KV
+    cache that fits in memory (it is preallocated for the whole answer)."""
+    if prompt + max_new_tokens > MAX_POSITIONS:
+        raise FlashuError(f"max_new_tokens {max_new_tokens} with a prompt of {prompt} positions exceeds the LLM's "
+                          f"context of {MAX_POSITIONS}; use at most {max(MAX_POSITIONS - prompt, 0)} new tokens")
+    llm = cfg.llm
+    cache = 2 * llm.num_layers * llm.num_kv_heads * llm.head_dim * (prompt + max_new_tokens) * _elem(dtype)
+    check_fits(f"a KV cache for {prompt + max_new_tokens} positions", cache, device, "use a smaller max_new_tokens")
+

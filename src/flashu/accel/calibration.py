@@ -135,7 +135,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
             image, question = item["image"], item["question"]
             if not isinstance(image, str) or not isinstance(question, str):
                 raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
             raise FlashuError(f"{path}:{n}: expected a JSON object with string 'image' and 'question'") from None
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         pairs.append((str(image_path), question))

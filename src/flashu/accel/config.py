@@ -226,8 +226,8 @@ class FlashUConfig:
     def from_file(cls, path: str | Path) -> "FlashUConfig":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read FlashU config {path}: {exc}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ConfigError(f"cannot read FlashU config {path}: {str(exc)[:200]}") from None
         return cls.from_dict(data)
 
     @property

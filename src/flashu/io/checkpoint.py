@@ -106,7 +106,7 @@ def _index_files(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         shard_names = list(dict.fromkeys(weight_map.values()))  # unique, in order
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise CheckpointError(f"{index} is corrupt or truncated (re-download it): no readable weight_map") from None
     for name in shard_names:  # judged by name (hub caches link every file to a blob elsewhere)
         if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:

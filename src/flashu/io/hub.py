@@ -359,7 +359,10 @@ def checkpoint_dir(name_or_path: str, *, config_only: bool = False, progress: bo
     try:
         is_dir, exists = path.is_dir(), path.exists()
     except OSError as exc:  # e.g. a name longer than the file system allows
-        raise CheckpointError(f"cannot use {name_or_path!r:.80} as a model: {exc.strerror or exc}") from None
+        from ..config import MODEL_PRESET_NAMES
+
+        raise CheckpointError(f"no such model directory: {name_or_path!r:.80} ({exc.strerror or exc}; presets are "
+                              f"{', '.join(MODEL_PRESET_NAMES)}; hub ids look like owner/name)") from None
     if is_dir:
         return path
     if exists:

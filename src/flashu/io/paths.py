@@ -45,6 +45,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
     if is_dir:
         if not os.access(path, os.W_OK | os.X_OK):
             raise FlashuError(f"{what} {path} is not writable")
+        _try_create(path, what, path)
         return path
     _check_parent(path, what)
     return path
@@ -64,6 +65,19 @@ def _check_parent(path: Path, what: str) -> None:
         raise FlashuError(f"{what} {path}: {base} is a file, not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
         raise FlashuError(f"{what} {path}: cannot create files in {base} (permission denied)")
+    _try_create(base, what, path)
+
+
+def _try_create(base: Path, what: str, path: Path) -> None:
+    """Create and remove a file in ``base``: permission bits do not tell about read-only mounts, /proc or /sys."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".flashu-probe-", dir=base)
+    except OSError as exc:
+        raise FlashuError(f"{what} {path}: cannot create files in {base} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_text(text: str, what: str) -> str:

@@ -545,6 +545,10 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
               "items": _digest([[it.id, it.image, it.question, it.answer] for it in items])}
     scores = _start_runs(bundle, "mmu", parsed, dirs, out, common, scores, calibration_samples, shard, progress)
 
+    for spec in parsed:  # the merged predictions are written there at the end: refuse before any work
+        target = out / dirs[spec] / "predictions.jsonl"
+        if target.exists() and not target.is_file():
+            raise FlashuError(f"{target} exists and is not a file; remove it (or choose another --out)")
     mine = shard.take(items)
     for spec, config in parsed.items():
         name = dirs[spec]

@@ -25,7 +25,7 @@ from ..bundle import Showo2Bundle
 from ..errors import FlashuError
 from ..io.images import load_image, preprocess_image
 from ..io.paths import check_text
-from ..limits import check_understanding_fits
+from ..limits import check_answer_fits, check_understanding_fits
 from ..model import BASELINE, BackboneOutput, ExecutionPlan, KVCache, UnderstandingInputs
 from .timing import DeviceClock
 
@@ -180,6 +180,7 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str,
     embeds = model.understanding_embeddings(inputs)
     t1 = clock()
     static = bundle.compiled if static_cache is None else static_cache
+    check_answer_fits(bundle.config, length, max_new_tokens, bundle.dtype, bundle.device)
     cache = KVCache.for_model(model, 1, length + max_new_tokens, static=static)
     plan = _observed(observer, -1, session.prefill_plan())
     out = model.forward_understanding(inputs, plan, cache, embeds=embeds)

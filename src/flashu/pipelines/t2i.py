@@ -230,6 +230,10 @@ def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int |
         v = guided(output.velocity, schedule.guidance[k], n) if use_cfg else output.velocity.float()
         x = euler_update(x, v, grid[k], grid[k + 1])
     timings["denoise"] = clock() - t0
+    if not bool(torch.isfinite(x).all()):  # one host sync per generation; never save a flat black image silently
+        raise FlashuError("generation produced non-finite latents (NaN or infinity): the guidance scale "
+                          f"({max(abs(g) for g in schedule.guidance):g} at most) overflows {bundle.dtype}, or the "
+                          "checkpoint has non-finite weights; use a smaller guidance or check the weights")
 
     images = []
     if decode:
