@@ -568,8 +568,11 @@ def test_non_finite_latents_are_an_error_not_a_black_image(tiny_bundle):
     with pytest.raises(FlashuError, match="non-finite latents"):
         flashu.generate(tiny_bundle, "a red circle", steps=3, guidance=1e308, progress=False)
     with pytest.raises(FlashuError, match="non-finite latents"):
-        with flashu.accelerated(tiny_bundle, "only-guidance:generation.guidance_low_factor=1e308"):
-            flashu.generate(tiny_bundle, "a red circle", steps=3, guidance=2.0, progress=False)
+        with flashu.accelerated(tiny_bundle, "only-guidance:generation.guidance_low_factor=10"):
+            flashu.generate(tiny_bundle, "a red circle", steps=3, guidance=1e38, progress=False)
+    with pytest.raises(ConfigError, match="guidance_low_factor must be in"):
+        flashu.accelerate(tiny_bundle, "only-guidance:generation.guidance_low_factor=1e308")
+    assert tiny_bundle.acceleration is None
 
 
 def test_nan_weights_are_an_error_not_a_black_image(bundle):
@@ -592,6 +595,11 @@ def test_max_new_tokens_beyond_the_context_is_refused(tiny_bundle, tmp_path):
     for tokens in (10**7, 10**9):
         with pytest.raises(FlashuError, match="context of 32768"):
             flashu.answer(tiny_bundle, image, "what colour?", max_new_tokens=tokens)
+
+
+def test_cli_max_new_tokens_beyond_the_context(capsys, no_model_loading):
+    one_line_error(capsys, ["ask", "--image", "x.png", "--question", "q", "--max-new-tokens", str(10**9)],
+                   "--max-new-tokens")
 
 
 def test_accel_config_nested_too_deep(tmp_path):

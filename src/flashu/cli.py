@@ -207,6 +207,11 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
     check_text(question, "question")
     if max_new_tokens <= 0:
         raise FlashuError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    from .limits import MAX_POSITIONS
+
+    if max_new_tokens >= MAX_POSITIONS:
+        raise FlashuError(f"--max-new-tokens {max_new_tokens} exceeds the LLM's context of {MAX_POSITIONS} positions "
+                          "(prompt included); use fewer")
     from .accel.api import accelerated
     from .io.images import load_image
     from .pipelines.mmu import answer

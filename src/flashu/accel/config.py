@@ -80,8 +80,8 @@ class GenerationAccelConfig(_Checked):
         _non_negative("generation.head_cache_interval", self.head_cache_interval)
         if not 0 < self.step_fraction <= 1:
             raise ConfigError(f"generation.step_fraction must be in (0, 1], got {self.step_fraction}")
-        if self.guidance_low_factor < 0:
-            raise ConfigError(f"generation.guidance_low_factor must be >= 0, got {self.guidance_low_factor}")
+        if not 0 <= self.guidance_low_factor <= 10:  # s_low = factor · s₀ (the paper: 0.75); beyond 10 it overflows
+            raise ConfigError(f"generation.guidance_low_factor must be in [0, 10], got {self.guidance_low_factor}")
         if self.layer_skip_ratio > 0 and self.layer_skip_interval == 0:
             raise ConfigError("generation.layer_skip_interval must be positive when layer_skip_ratio > 0")
         if self.layer_skip_scope not in SKIP_SCOPES:
