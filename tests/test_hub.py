@@ -302,6 +302,7 @@ def test_official_variants_grid_size_and_sequence(grid, size, text, seq_at):
     HQ demo configs (512x512, 1024x1024) keep max_seq_length − tokens − 4 = 251 text tokens at both sizes."""
     cfg = Showo2Config.from_official_dict(official_config(grid))
     assert (cfg.grid, cfg.image_size, cfg.max_text_len) == (grid, size, text)
+    assert cfg.mmu_image_size == 432  # upstream's inference_mmu.py understands at 432² whatever the generation grid
     for pixels, seq in seq_at.items():  # the official demo's max_seq_length at that resolution
         assert cfg.max_text_len + cfg.grid_for(pixels) ** 2 + 1 + 4 == seq
     big = Showo2Config.from_official_dict(official_config(grid, hidden=3584))

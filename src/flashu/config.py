@@ -142,6 +142,9 @@ class Showo2Config:
     # the calibration data FlashU uses for this model by default (a registered source, see accel/calibration.py);
     # "" = flashu's generic prompts and synthetic images
     calibration_source: str = ""
+    # understanding: default image size in pixels when it differs from ``image_size`` (None: ``image_size``); the
+    # SigLIP position table interpolates to either grid
+    understanding_image_size: int | None = None
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -165,6 +168,11 @@ class Showo2Config:
     @property
     def grid(self) -> int:
         return self.grid_for(self.image_size)
+
+    @property
+    def mmu_image_size(self) -> int:
+        """Default understanding resolution: ``understanding_image_size`` or else ``image_size``."""
+        return self.understanding_image_size or self.image_size
 
     @property
     def patch_dim(self) -> int:
@@ -210,6 +218,8 @@ class Showo2Config:
             if not ok:
                 raise ConfigError(message)
         self.grid_for(self.image_size)
+        if self.understanding_image_size is not None:
+            self.grid_for(self.understanding_image_size)
         return self
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -290,8 +300,9 @@ class Showo2Config:
             if not isinstance(value, str):
                 raise ConfigError(f"config.json {key} must be a string, got {value!r:.60}")
             setattr(base, key, value)
-        if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²
-            base.max_text_len = 251
+        if grid != 27:  # HQ checkpoints: 251 text tokens at 512² and 1024²; upstream understands at 432² (729
+            base.max_text_len = 251  # image tokens) whatever the generation grid
+            base.understanding_image_size = 27 * base.patch_size * base.vae.spatial_factor
         latent_dim = integer("image_latent_dim", base.latent_channels)
         if latent_dim != base.latent_channels:
             raise ConfigError("config.json image_latent_dim must be 16 (the Wan2.1 VAE) for official checkpoints")
@@ -306,6 +317,10 @@ _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 def _check_value(name: str, value, annotation: str) -> None:
     kind = annotation.replace(" ", "")
+    if kind.endswith("|None"):
+        if value is None:
+            return
+        kind = kind[:-len("|None")]
     if kind.startswith("list["):
         inner = kind[5:-1]
         if not isinstance(value, list):

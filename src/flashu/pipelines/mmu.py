@@ -126,7 +126,7 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
     if latents is None:
         if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)):
             raise FlashuError(f"image_size must be an integer, got {image_size!r}")
-        size = cfg.image_size if image_size is None else image_size
+        size = cfg.mmu_image_size if image_size is None else image_size  # understanding_image_size or image_size
         cfg.grid_for(size)
         check_understanding_fits(cfg, (size // cfg.pixels_per_token) ** 2 + 64, bundle.dtype, bundle.device)
         if image is None:
