@@ -286,3 +286,22 @@ def test_cli_eval_testbed(capsys):
     assert run(["eval", "testbed", "--n-gen", "1", "--n-mmu", "2", "--steps", "3", "--no-progress"]) == 0
     assert "none" in capsys.readouterr().out
     assert run(["eval", "testbed", "--accel", "warp-speed", "--n-gen", "1"]) == 2
+
+
+def test_wilson_interval_and_demo_samples():
+    from flashu.testbed.demo import sample_answers
+    from flashu.testbed.evaluate import format_reports, summary, wilson_interval
+
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(90, 100)
+    assert lo == pytest.approx(0.8256, abs=1e-3) and hi == pytest.approx(0.9448, abs=1e-3)
+    assert wilson_interval(100, 100)[1] == pytest.approx(1.0) and wilson_interval(0, 10)[0] == pytest.approx(0.0)
+    u = {"accuracy": 0.5, "ci95": [0.1, 0.9], "kinds": {"position": summary([True, False])},
+         "seconds_per_answer": 0.1, "answers": ["left", "up"], "correct": [True, False],
+         "questions": ["where?", "which?"], "expected": ["left", "down"]}
+    reports = [{"accel": "none", "understanding": u}, {"accel": "paper:understanding.token_prune_ratio=0.75",
+                                                      "understanding": u}]
+    table = format_reports(reports)
+    assert "position" in table and "paper:understanding.token_prune_ratio=0.75" in table and "[10,90]" in table
+    samples = sample_answers(reports)
+    assert "where?  (expected: left)" in samples and "✓ 'left'" in samples and "✗ 'up'" in samples

@@ -30,6 +30,8 @@ def run_demo(model: str = "testbed", configs=DEFAULT_CONFIGS, *, n_gen: int = 8,
     reports = evaluate_many(bundle, list(configs), n_gen=n_gen, n_mmu=n_mmu, keep_images=True,
                             calibration_samples=calibration_samples, progress=progress)
     table = format_reports(reports)
+    samples = sample_answers(reports)
+    table = table + ("\n\n" + samples if samples else "")
     if echo is not None:
         echo(table)
     from . import world
@@ -37,6 +39,23 @@ def run_demo(model: str = "testbed", configs=DEFAULT_CONFIGS, *, n_gen: int = 8,
     captions = world.prompts("test", n_gen)
     path = save_grid(reports, captions, out)
     return {"table": table, "grid": str(path), "reports": reports}
+
+
+def sample_answers(reports: list[dict], count: int = 3) -> str:
+    """The first ``count`` test questions with each configuration's answer, ✓/✗ as scored."""
+    first = next((r["understanding"] for r in reports if r.get("understanding")), None)
+    if not first or "questions" not in first:
+        return ""
+    width = max(len(r["accel"]) for r in reports)
+    lines = ["sample answers"]
+    for i, (question, expected) in enumerate(zip(first["questions"][:count], first["expected"][:count])):
+        lines.append(f"  {question.strip()}  (expected: {expected})")
+        for r in reports:
+            u = r.get("understanding") or {}
+            if i < len(u.get("answers", [])):
+                mark = "✓" if u["correct"][i] else "✗"
+                lines.append(f"    {r['accel']:<{width}} {mark} {u['answers'][i]!r}")
+    return "\n".join(lines)
 
 
 CELL = 96  # pixels per generated image in the grid (nearest-neighbour upscaled)

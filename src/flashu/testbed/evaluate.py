@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +128,10 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
                     images.append(image)
         if n_gen:
             per_attr = {a: sum(v.attributes()[a] for v in verdicts) / n_gen for a in ATTRIBUTES}
+            correct = sum(v.correct for v in verdicts)
             report["generation"] = {
-                "n": n_gen, "accuracy": sum(v.correct for v in verdicts) / n_gen, "attributes": per_attr,
+                "n": n_gen, "accuracy": correct / n_gen, "ci95": list(wilson_interval(correct, n_gen)),
+                "attributes": per_attr,
                 "accuracy_single": _mean([v.correct for v in verdicts if len(v.expected.shapes) == 1]),
                 "accuracy_pair": _mean([v.correct for v in verdicts if len(v.expected.shapes) == 2]),
                 "seconds_per_image": gen_time / n_gen, "evaluations_per_batch": evaluations / len(
@@ -152,15 +154,34 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
             answers.append(reply.text)
         if n_mmu:
             report["understanding"] = {
-                "n": n_mmu, "accuracy": sum(hits) / n_mmu,
+                "n": n_mmu, "accuracy": sum(hits) / n_mmu, "ci95": list(wilson_interval(sum(hits), n_mmu)),
                 "by_kind": {k: sum(v) / len(v) for k, v in sorted(kinds.items())},
-                "seconds_per_answer": mmu_time / n_mmu, "answers": answers,
+                "kinds": {k: summary(v) for k, v in sorted(kinds.items())},
+                "seconds_per_answer": mmu_time / n_mmu, "answers": answers, "correct": hits,
+                "questions": [q for _, q, _, _ in items.qas], "expected": [e for _, _, e, _ in items.qas],
             }
     return report
 
 
 def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (``z`` = 1.96); (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summary(hits: list[bool]) -> dict:
+    """Count, accuracy and 95 % Wilson interval of a list of verdicts."""
+    n, k = len(hits), sum(hits)
+    return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci95": list(wilson_interval(k, n))}
 
 
 def evaluate_many(bundle: Showo2Bundle, accels: list[str], **kwargs) -> list[dict]:
@@ -176,42 +197,59 @@ def evaluate_many(bundle: Showo2Bundle, accels: list[str], **kwargs) -> list[dic
 
 
 def format_reports(reports: list[dict]) -> str:
-    """A table: accuracy (and retention vs ``none`` when present), per-attribute accuracy and speed."""
+    """Two tables: generation (accuracy with its 95 % interval, retention vs ``none``, per attribute, speed) and
+    understanding (the same, per question kind)."""
     base = next((r for r in reports if r["accel"] == "none"), None)
+    width = max([22] + [len(r["accel"]) + 2 for r in reports])
     lines = []
-    head = (f"{'accel':<22}{'gen acc':>8}{'ret':>7}" + "".join(f"{a[:6]:>8}" for a in ATTRIBUTES)
-            + f"{'s/img':>8}{'x':>6}{'mmu acc':>9}{'ret':>7}{'s/ans':>8}{'x':>6}")
-    lines.append(head)
-    for r in reports:
-        g, u = r.get("generation"), r.get("understanding")
-        row = f"{r['accel']:<22}"
-        if g:
-            row += f"{g['accuracy'] * 100:>7.1f}%" + _ret(g["accuracy"], base, "generation", "accuracy")
-            row += "".join(f"{g['attributes'][a] * 100:>7.1f}%" for a in ATTRIBUTES)
-            row += f"{g['seconds_per_image']:>8.3f}" + _speedup(g["seconds_per_image"], base, "generation",
-                                                                "seconds_per_image")
-        else:
-            row += " " * (15 + 8 * len(ATTRIBUTES) + 14)
-        if u:
-            row += f"{u['accuracy'] * 100:>8.1f}%" + _ret(u["accuracy"], base, "understanding", "accuracy")
-            row += f"{u['seconds_per_answer']:>8.3f}" + _speedup(u["seconds_per_answer"], base, "understanding",
-                                                                 "seconds_per_answer")
-        lines.append(row)
+    if any(r.get("generation") for r in reports):
+        cols = [max(len(a) + 2, 8) for a in ATTRIBUTES]
+        lines.append(f"{'generation':<{width}}{'accuracy [95% CI]':>20}{'ret':>8}"
+                     + "".join(f"{a:>{w}}" for a, w in zip(ATTRIBUTES, cols)) + f"{'s/img':>8}{'x':>7}")
+        for r in reports:
+            g = r.get("generation")
+            if g:
+                lines.append(f"{r['accel']:<{width}}{_acc(g):>20}" + _ret(g["accuracy"], base, "generation",
+                                                                         "accuracy")
+                             + "".join(f"{g['attributes'][a] * 100:>{w - 1}.1f}%" for a, w in zip(ATTRIBUTES, cols))
+                             + f"{g['seconds_per_image']:>8.3f}"
+                             + _speedup(g["seconds_per_image"], base, "generation", "seconds_per_image"))
+    if any(r.get("understanding") for r in reports):
+        kinds = sorted({k for r in reports for k in (r.get("understanding") or {}).get("kinds", {})})
+        cols = [max(len(k) + 2, 16) for k in kinds]
+        lines.append(f"{'understanding':<{width}}{'accuracy [95% CI]':>20}{'ret':>8}"
+                     + "".join(f"{k:>{w}}" for k, w in zip(kinds, cols)) + f"{'s/ans':>8}{'x':>7}")
+        for r in reports:
+            u = r.get("understanding")
+            if u:
+                lines.append(f"{r['accel']:<{width}}{_acc(u):>20}" + _ret(u["accuracy"], base, "understanding",
+                                                                         "accuracy")
+                             + "".join(f"{_acc(u['kinds'][k]) if k in u.get('kinds', {}) else '-':>{w}}"
+                                       for k, w in zip(kinds, cols))
+                             + f"{u['seconds_per_answer']:>8.3f}"
+                             + _speedup(u["seconds_per_answer"], base, "understanding", "seconds_per_answer"))
     first = reports[0] if reports else {}
     lines.append(f"split {first.get('split')}, steps {first.get('steps')}, guidance {first.get('guidance')}, "
-                 f"batch {first.get('batch_size')}, threads {first.get('threads')}; ret = accuracy / baseline, "
-                 "x = speed-up vs baseline")
+                 f"batch {first.get('batch_size')}, threads {first.get('threads')}; accuracy in % with its 95 % "
+                 "Wilson interval; ret = accuracy / baseline, x = speed-up vs baseline")
     return "\n".join(lines)
+
+
+def _acc(part: dict) -> str:
+    lo, hi = part.get("ci95", (None, None))
+    if lo is None:
+        return f"{part['accuracy'] * 100:.1f}%"
+    return f"{part['accuracy'] * 100:.1f} [{lo * 100:.0f},{hi * 100:.0f}]"
 
 
 def _ret(value: float, base: dict | None, task: str, key: str) -> str:
     ref = (base or {}).get(task, {}).get(key)
-    return f"{value / ref * 100:>6.1f}%" if ref else f"{'-':>7}"
+    return f"{value / ref * 100:>7.1f}%" if ref else f"{'-':>8}"
 
 
 def _speedup(value: float, base: dict | None, task: str, key: str) -> str:
     ref = (base or {}).get(task, {}).get(key)
-    return f"{ref / value:>5.2f}x" if ref and value else f"{'-':>6}"
+    return f"{ref / value:>6.2f}x" if ref and value else f"{'-':>7}"
 
 
 def write_json(reports: list[dict], path: str | Path) -> Path:
