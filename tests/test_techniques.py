@@ -447,3 +447,31 @@ def test_speculative_decoding_on_trained_weights_stops_at_eos():
                 got = flashu.answer(testbed, example.image, qa.question, max_new_tokens=24)
             assert got.token_ids == want.token_ids and got.text == want.text
             assert got.token_ids[-1] == testbed.special.eos
+
+
+def test_speculation_stops_where_plain_decoding_is_cheaper():
+    from flashu.accel.config import UnderstandingAccelConfig
+    from flashu.accel.speculative import SelfSpeculation
+
+    cfg = UnderstandingAccelConfig.off(speculative_decoding=True, draft_skip_ratio=0.5, draft_tokens=4)
+    good, bad = SelfSpeculation(cfg, 10, None), SelfSpeculation(cfg, 10, None)
+    for spec in (good, bad):
+        spec.draft_layers = list(range(6))  # a draft token costs 0.3 + 0.7 * 0.6 = 0.72 of a step
+    for _ in range(4):
+        good.update(good.depth(100), good.depth(100))  # every draft accepted: k grows, speculation stays on
+        bad.update(bad.depth(100), 0)  # nothing accepted: slower than plain decoding
+    assert good.stopped_at is None and good.k == 8
+    assert bad.stopped_at == 2 and bad.depth(100) == 0 and bad.stats()["speculation_stopped_after_round"] == 2
+
+
+def test_speculation_that_does_not_pay_falls_back_losslessly():
+    from flashu.testbed import world
+
+    testbed = flashu.load_model("testbed")
+    example = world.sample("test", 0)
+    question = example.qas[0].question
+    want = flashu.answer(testbed, example.image, question, max_new_tokens=16, ignore_eos=True)
+    with flashu.accelerated(testbed, config("mmu", dict(speculative_decoding=True, draft_skip_ratio=0.75))):
+        got = flashu.answer(testbed, example.image, question, max_new_tokens=16, ignore_eos=True)
+    assert got.token_ids == want.token_ids
+    assert got.stats["speculation_stopped_after_round"] is not None  # a 2-of-10-layer draft rarely agrees here

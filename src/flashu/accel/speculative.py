@@ -10,6 +10,10 @@ tokens the target plan's greedy decoding would emit (up to float rounding), in f
   The cache is first rolled back to before the drafts, so the verification writes the exact keys/values; after it,
   each layer keeps the entries of the accepted tokens only.
 * **Adaptive k**: all ``k`` accepted → ``k + 1`` (up to ``max_draft_tokens``); fewer than half → ``k − 1`` (≥ 1).
+* **Break-even**: from the second round on, when the tokens emitted by speculative rounds fall below their cost in
+  full decode steps (a draft token costs ``DRAFT_OVERHEAD + (1 − DRAFT_OVERHEAD)·share of layers run``, fitted on
+  ``small``), speculation stops for the rest of the answer (``k = 0``: plain greedy steps) — a model whose draft
+  disagrees too often is not slowed down. The tokens are the same either way.
 
 This module only decides (plans, depth); ``pipelines/mmu`` runs the loop.
 """
@@ -19,6 +23,12 @@ from __future__ import annotations
 from ..model import ExecutionPlan
 from .config import UnderstandingAccelConfig
 from .layer_skip import active_layers, least_important_layers, skip_count
+
+
+# A draft token costs DRAFT_OVERHEAD + (1 - DRAFT_OVERHEAD) * (share of layers it runs) full decode steps: fitted to
+# benchmarks/speculative_draft.py on `small` (0.83 / 0.66 / 0.48 of a step at draft_skip_ratio 0.25 / 0.5 / 0.75).
+DRAFT_OVERHEAD = 0.3
+BREAK_EVEN_ROUNDS = 2  # rounds observed before speculation may be switched off for the rest of the answer
 
 
 class SelfSpeculation:
@@ -32,6 +42,8 @@ class SelfSpeculation:
         self.max_k = cfg.max_draft_tokens
         self.draft_layers: list[int] | None = None
         self.rounds = self.drafted = self.accepted = 0
+        self.gained = self.spent = 0.0  # tokens emitted by speculative rounds / their cost in full decode steps
+        self.stopped_at: int | None = None  # the round after which plain decoding was cheaper (speculation off)
 
     def rank(self, similarity) -> None:
         """Choose the draft's skipped layers from the prefill's last-token similarity."""
@@ -48,10 +60,22 @@ class SelfSpeculation:
     def verify_plan(self) -> ExecutionPlan:
         return ExecutionPlan(ffn_ranges=self.ffn_ranges, logits="all")
 
+    def draft_cost(self) -> float:
+        """One draft token's cost in full decode steps: ``DRAFT_OVERHEAD + (1 − DRAFT_OVERHEAD) · layers run``."""
+        return DRAFT_OVERHEAD + (1 - DRAFT_OVERHEAD) * len(self.draft_layers or ()) / self.num_layers
+
     def update(self, drafted: int, accepted: int) -> None:
         self.rounds += 1
         self.drafted += drafted
         self.accepted += accepted
+        if drafted and self.stopped_at is None:
+            self.gained += accepted + 1
+            self.spent += drafted * self.draft_cost() + 1  # the verification costs about one step
+            if self.rounds >= BREAK_EVEN_ROUNDS and self.gained < self.spent:
+                self.stopped_at, self.k = self.rounds, 0  # slower than plain decoding: plain from here (lossless)
+                return
+        if self.stopped_at is not None:
+            return
         if drafted and accepted == drafted:
             self.k = min(self.k + 1, self.max_k)
         elif accepted < drafted / 2:
@@ -60,4 +84,5 @@ class SelfSpeculation:
     def stats(self) -> dict:
         return {"speculative_rounds": self.rounds, "drafted_tokens": self.drafted, "accepted_tokens": self.accepted,
                 "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
+                "speculation_stopped_after_round": self.stopped_at,
                 "draft_layers": None if self.draft_layers is None else len(self.draft_layers)}
