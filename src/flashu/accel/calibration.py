@@ -182,6 +182,14 @@ def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: li
 
 def _run(bundle: Showo2Bundle, task: str, items: list, steps: int, guidance: float | None,
          progress: bool) -> ImportanceScores:
+    """Calibration forwards run eagerly even on a compiled model: the probe's Python counters would otherwise be
+    guarded on and recompile the graph at every call."""
+    with torch.compiler.set_stance("force_eager"):
+        return _run_eager(bundle, task, items, steps, guidance, progress)
+
+
+def _run_eager(bundle: Showo2Bundle, task: str, items: list, steps: int, guidance: float | None,
+               progress: bool) -> ImportanceScores:
     probe = ActivationNormProbe(bundle.config.llm.num_layers)
     if task == "t2i":
         observer = AttachProbe(probe)
