@@ -298,15 +298,18 @@ def run_workload(bundle: Showo2Bundle, workload: Workload, config_specs: list[st
         bar.update()
     walls = {n: [] for n in names}
     peaks = {n: 0 for n in names}
-    last, order = {}, []
+    results, order = {n: [] for n in names}, []
     for _ in range(repeats):
         for name in names:
             order.append(name)
             (seconds, result), peak = runner.run(configs[name], lambda f: measure_peak_memory(bundle.device, f))
             walls[name].append(seconds)
             peaks[name] = max(peaks[name], peak)
-            last[name] = result
+            results[name].append(result)
             bar.update()
+    # per-phase timings (prefill, decode, …) come from each configuration's median run, as its wall time does
+    last = {n: results[n][sorted(range(len(walls[n])), key=walls[n].__getitem__)[len(walls[n]) // 2]]
+            for n in names}
     components, flops = {}, {}
     if instrument:
         for name in measured:
