@@ -105,6 +105,17 @@ class RandomSelector(VisualTokenSelector):
         return scores.to(values.device).expand(values.shape[0], -1)
 
 
+def _attention_logits(queries, keys, first_row: int, scorer: str) -> torch.Tensor:
+    """``q·kᵀ/√d`` of the query rows from ``first_row`` on against every key, KV heads repeated for the query heads:
+    ``[B, Hq, L − first_row, L]`` in fp32."""
+    if queries is None:
+        raise ValueError(f"the {scorer} scorer needs the layer's queries")
+    d = queries.shape[-1]
+    q = queries[:, :, first_row:].float()
+    k = keys.float().repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
+    return q @ k.transpose(-1, -2) / math.sqrt(d)
+
+
 class AttentionSelector(VisualTokenSelector):
     """FastV-style: attention received by each image token at layer K from the text queries after the image block,
     averaged over query heads and those queries; the least attended are dropped. Materialises those rows of the
@@ -114,16 +125,12 @@ class AttentionSelector(VisualTokenSelector):
     needs_queries = True
 
     def priority(self, values, keys, hidden, queries):
-        if queries is None:
-            raise ValueError("the attention scorer needs the layer's queries")
-        B, Hq, L, d = queries.shape
-        q = queries[:, :, self.image_stop:].float()  # [B, Hq, Nq, d]
-        if q.shape[2] == 0:
+        L = keys.shape[2]
+        logits = _attention_logits(queries, keys, self.image_stop, self.name)  # [B, Hq, Nq, L]
+        if logits.shape[2] == 0:
             raise ValueError("the attention scorer needs text after the image block")
-        k = keys.float().repeat_interleave(Hq // keys.shape[1], dim=1)  # [B, Hq, L, d]
-        logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # [B, Hq, Nq, L]
-        rows = torch.arange(self.image_stop, L, device=q.device)
-        allowed = torch.arange(L, device=q.device)[None, :] <= rows[:, None]  # causal: [Nq, L]
+        rows = torch.arange(self.image_stop, L, device=logits.device)
+        allowed = torch.arange(L, device=logits.device)[None, :] <= rows[:, None]  # causal: [Nq, L]
         logits = logits.masked_fill(~allowed, float("-inf"))
         probs = logits.softmax(dim=-1)
         received = probs[..., self.image_start:self.image_stop].mean(dim=(1, 2))  # [B, N]
@@ -139,12 +146,8 @@ class LastQuerySelector(VisualTokenSelector):
     needs_queries = True
 
     def priority(self, values, keys, hidden, queries):
-        if queries is None:
-            raise ValueError("the query scorer needs the layer's queries")
-        B, Hq, L, d = queries.shape
-        q = queries[:, :, -1:].float()  # [B, Hq, 1, d]
-        k = keys.float().repeat_interleave(Hq // keys.shape[1], dim=1)
-        probs = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)  # the last row is causal: sees everything
+        # the last row is causal: it sees everything, no mask needed
+        probs = _attention_logits(queries, keys, keys.shape[2] - 1, self.name).softmax(dim=-1)  # [B, Hq, 1, L]
         return -probs[:, :, 0, self.image_start:self.image_stop].mean(dim=1)
 
 

@@ -203,36 +203,32 @@ def format_reports(reports: list[dict]) -> str:
     width = max([22] + [len(r["accel"]) + 2 for r in reports])
     lines = []
     if any(r.get("generation") for r in reports):
-        cols = [max(len(a) + 2, 8) for a in ATTRIBUTES]
-        lines.append(f"{'generation':<{width}}{'accuracy [95% CI]':>20}{'ret':>8}"
-                     + "".join(f"{a:>{w}}" for a, w in zip(ATTRIBUTES, cols)) + f"{'s/img':>8}{'x':>7}")
-        for r in reports:
-            g = r.get("generation")
-            if g:
-                lines.append(f"{r['accel']:<{width}}{_acc(g):>20}" + _ret(g["accuracy"], base, "generation",
-                                                                         "accuracy")
-                             + "".join(f"{g['attributes'][a] * 100:>{w - 1}.1f}%" for a, w in zip(ATTRIBUTES, cols))
-                             + f"{g['seconds_per_image']:>8.3f}"
-                             + _speedup(g["seconds_per_image"], base, "generation", "seconds_per_image"))
+        lines += _table(reports, base, width, "generation", list(ATTRIBUTES), "seconds_per_image", "s/img",
+                        lambda g, a: f"{g['attributes'][a] * 100:.1f}%")
     if any(r.get("understanding") for r in reports):
         kinds = sorted({k for r in reports for k in (r.get("understanding") or {}).get("kinds", {})})
-        cols = [max(len(k) + 2, 16) for k in kinds]
-        lines.append(f"{'understanding':<{width}}{'accuracy [95% CI]':>20}{'ret':>8}"
-                     + "".join(f"{k:>{w}}" for k, w in zip(kinds, cols)) + f"{'s/ans':>8}{'x':>7}")
-        for r in reports:
-            u = r.get("understanding")
-            if u:
-                lines.append(f"{r['accel']:<{width}}{_acc(u):>20}" + _ret(u["accuracy"], base, "understanding",
-                                                                         "accuracy")
-                             + "".join(f"{_acc(u['kinds'][k]) if k in u.get('kinds', {}) else '-':>{w}}"
-                                       for k, w in zip(kinds, cols))
-                             + f"{u['seconds_per_answer']:>8.3f}"
-                             + _speedup(u["seconds_per_answer"], base, "understanding", "seconds_per_answer"))
+        lines += _table(reports, base, width, "understanding", kinds, "seconds_per_answer", "s/ans",
+                        lambda u, k: _acc(u["kinds"][k]) if k in u.get("kinds", {}) else "-")
     first = reports[0] if reports else {}
     lines.append(f"split {first.get('split')}, steps {first.get('steps')}, guidance {first.get('guidance')}, "
                  f"batch {first.get('batch_size')}, threads {first.get('threads')}; accuracy in % with its 95 % "
                  "Wilson interval; ret = accuracy / baseline, x = speed-up vs baseline")
     return "\n".join(lines)
+
+
+def _table(reports: list[dict], base: dict | None, width: int, task: str, columns: list[str], seconds: str,
+           seconds_label: str, cell) -> list[str]:
+    """One task's rows: config, accuracy [95 % CI], retention, one ``cell(part, column)`` per column, speed."""
+    widths = [max(len(c) + 2, 16 if task == "understanding" else 8) for c in columns]
+    lines = [f"{task:<{width}}{'accuracy [95% CI]':>20}{'ret':>8}"
+             + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + f"{seconds_label:>8}{'x':>7}"]
+    for r in reports:
+        part = r.get(task)
+        if part:
+            lines.append(f"{r['accel']:<{width}}{_acc(part):>20}" + _ret(part["accuracy"], base, task, "accuracy")
+                         + "".join(f"{cell(part, c):>{w}}" for c, w in zip(columns, widths))
+                         + f"{part[seconds]:>8.3f}" + _speedup(part[seconds], base, task, seconds))
+    return lines
 
 
 def _acc(part: dict) -> str:
