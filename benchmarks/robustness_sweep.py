@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1379,6 +1380,9 @@ def _env(extra: dict | None = None, work: Path | None = None) -> dict:
     return env
 
 
+PROGRESS_BAR = re.compile(r"^[^\n]*:\s*\d+%\|")
+
+
 def classify(case: Case, r: Result) -> tuple[str, str]:
     """(outcome, detail)."""
     if r.rc is None:
@@ -1388,7 +1392,8 @@ def classify(case: Case, r: Result) -> tuple[str, str]:
     if r.rc == 130:
         return "wrong-error", "exit 130 (interrupted?)"
     if r.rc == 2:
-        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        # progress bars (tqdm: "desc:  45%|███▌ | 9/20 …") are progress, not messages: the API shows them by default
+        lines = [line for line in r.stderr.splitlines() if line.strip() and not PROGRESS_BAR.match(line)]
         errors = [line for line in lines if line.startswith("error: ")]
         other = [line for line in lines if not line.startswith(("error: ", "warning: "))]
         if len(errors) != 1 or other:

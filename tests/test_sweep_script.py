@@ -31,6 +31,8 @@ def test_classification(sweep, tmp_path):
     assert sweep.classify(error, _result(sweep, 2, "error: --steps must be between 2 and 10000\n"))[0] == "ok-error"
     assert sweep.classify(error, _result(sweep, 2, "warning: w\nerror: --steps bad\n"))[0] == "ok-error"
     assert sweep.classify(error, _result(sweep, 2, "error: something else\n"))[0] == "wrong-error"
+    bars = "calibrating mmu:   0%|          | 0/20 [00:00<?, ?pair/s]\rcalibrating mmu: 100%|██████████| 20/20\n"
+    assert sweep.classify(error, _result(sweep, 2, bars + "error: --steps bad\n"))[0] == "ok-error"
     assert sweep.classify(error, _result(sweep, 2, "error: --steps\nmore\n"))[0] == "wrong-error"
     assert sweep.classify(error, _result(sweep, 2, "error: --steps", seconds=60))[0] == "wrong-error"
     assert sweep.classify(error, _result(sweep, 1, "Traceback (most recent call last):\n  boom\n"))[0] == "traceback"
