@@ -305,3 +305,18 @@ def test_wilson_interval_and_demo_samples():
     assert "position" in table and "paper:understanding.token_prune_ratio=0.75" in table and "[10,90]" in table
     samples = sample_answers(reports)
     assert "where?  (expected: left)" in samples and "✓ 'left'" in samples and "✗ 'up'" in samples
+
+
+def test_demo_grid_shows_questions_with_every_configs_answer(tmp_path):
+    from PIL import Image
+
+    from flashu.testbed.demo import save_grid
+
+    image = Image.new("RGB", (32, 32), "white")
+    gen = {"correct": [True]}
+    u = {"answers": ["left"], "correct": [True], "questions": ["where?"], "expected": ["left"]}
+    plain = save_grid([{"accel": "none", "images": [image], "generation": gen}], ["a red circle"], tmp_path / "a.png")
+    with_q = save_grid([{"accel": "none", "images": [image], "generation": gen, "understanding": u},
+                        {"accel": "plus", "images": [image], "generation": gen, "understanding": u}],
+                       ["a red circle"], tmp_path / "b.png")
+    assert Image.open(with_q).height > Image.open(plain).height  # the question panel under the images

@@ -58,6 +58,7 @@ def sample_answers(reports: list[dict], count: int = 3) -> str:
     return "\n".join(lines)
 
 
+QUESTIONS = 3  # test questions shown under the images, with every configuration's answer
 CELL = 96  # pixels per generated image in the grid (nearest-neighbour upscaled)
 PAD = 8
 _GOOD, _BAD, _INK = (0, 140, 60), (200, 30, 30), (20, 20, 20)
@@ -72,7 +73,10 @@ def save_grid(reports: list[dict], captions: list[str], out: str | Path) -> Path
     label_w = 260
     rows, cols = len(captions), len(reports)
     width = label_w + cols * (CELL + PAD) + PAD
-    height = 28 + rows * (CELL + 22 + PAD)
+    first = next((r["understanding"] for r in reports if r.get("understanding")), None) or {}
+    questions = list(zip(first.get("questions", [])[:QUESTIONS], first.get("expected", [])[:QUESTIONS]))
+    images_h = 28 + rows * (CELL + 22 + PAD)
+    height = images_h + (16 + len(questions) * (16 + 14 * cols) if questions else 0)
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     for c, report in enumerate(reports):
@@ -88,6 +92,17 @@ def save_grid(reports: list[dict], captions: list[str], out: str | Path) -> Path
     for r, caption in enumerate(captions):
         y = 28 + r * (CELL + 22 + PAD) + CELL // 2 - 6
         draw.text((PAD, y), _wrap(caption, 40), fill=_INK, font=font)
+    y = images_h + 8  # a few test questions with every configuration's answer, ✓/✗ as scored
+    for i, (question, expected) in enumerate(questions):
+        draw.text((PAD, y), _wrap(f"Q: {question.strip()}  (expected: {expected})", 90), fill=_INK, font=font)
+        y += 16
+        for report in reports:
+            u = report.get("understanding") or {}
+            if i < len(u.get("answers", [])):
+                ok = bool(u["correct"][i])
+                draw.text((PAD + 16, y), f"{report['accel'][:24]}: {u['answers'][i]!r:.60} - "
+                          f"{'correct' if ok else 'wrong'}", fill=_GOOD if ok else _BAD, font=font)
+            y += 14
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
