@@ -475,3 +475,30 @@ def test_speculation_that_does_not_pay_falls_back_losslessly():
         got = flashu.answer(testbed, example.image, question, max_new_tokens=16, ignore_eos=True)
     assert got.token_ids == want.token_ids
     assert got.stats["speculation_stopped_after_round"] is not None  # a 2-of-10-layer draft rarely agrees here
+
+
+def test_draft_ledger_starts_answers_without_speculation_where_it_has_not_paid():
+    from flashu.accel.speculative import LEDGER_EVIDENCE, PROBE_EVERY, DraftLedger
+
+    ledger = DraftLedger()
+    assert ledger.begin()  # no evidence yet
+    ledger.record(gained=1.0, spent=LEDGER_EVIDENCE)  # far below break-even
+    decisions = [ledger.begin() for _ in range(2 * PROBE_EVERY)]
+    assert decisions.count(True) == 2  # only the periodic probes speculate
+    paying = DraftLedger()
+    paying.record(gained=2 * LEDGER_EVIDENCE, spent=LEDGER_EVIDENCE)
+    assert all(paying.begin() for _ in range(PROBE_EVERY))
+
+
+def test_ledger_keeps_answers_identical_on_trained_weights():
+    from flashu.testbed import world
+
+    testbed = flashu.load_model("testbed")
+    spec = config("mmu", dict(speculative_decoding=True, draft_skip_ratio=0.5))
+    items = [(world.sample("test", i).image, qa.question) for i in range(4) for qa in world.sample("test", i).qas[:2]]
+    want = [flashu.answer(testbed, image, q, max_new_tokens=16).token_ids for image, q in items]
+    with flashu.accelerated(testbed, spec) as acc:
+        got = [flashu.answer(testbed, image, q, max_new_tokens=16) for image, q in items]
+        ledger = acc.draft_ledger
+    assert [g.token_ids for g in got] == want
+    assert ledger.spent > 0 and ledger.answers == len(items)

@@ -11,7 +11,7 @@ and outputs are bit-identical to before.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -23,6 +23,7 @@ from .config import FlashUConfig
 from .importance import ImportanceScores
 from .layer_skip import skip_count
 from .pruning import PruningLayout, inverse, kept_count, permute_model, plan_layout
+from .speculative import DraftLedger
 from .spec import resolve_accel
 
 
@@ -35,6 +36,8 @@ class Acceleration:
     # the understanding calibration's mean last-token similarity per layer (prefill layer-skip prior), if known
     understanding_layer_similarity: list[float] | None = None
     scores: dict | None = None  # the importance scores used, per task (reusable for the next accelerate)
+    # what self-speculative decoding has earned on this model across answers (speed only; see accel/speculative)
+    draft_ledger: DraftLedger = field(default_factory=DraftLedger)
 
     def generation_policy(self):
         from .generation import FlashUGenerationPolicy
@@ -52,7 +55,8 @@ class Acceleration:
             return None
         return FlashUUnderstandingPolicy(self.config.understanding, self.layout and self.layout.ffn_ranges["mmu"],
                                          name=self.config.name,
-                                         calibrated_similarity=self.understanding_layer_similarity)
+                                         calibrated_similarity=self.understanding_layer_similarity,
+                                         ledger=self.draft_ledger)
 
 
 ScoresArg = Mapping[str, "ImportanceScores | str | Path"] | None

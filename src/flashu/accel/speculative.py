@@ -14,11 +14,16 @@ tokens the target plan's greedy decoding would emit (up to float rounding), in f
   full decode steps (a draft token costs ``DRAFT_OVERHEAD + (1 − DRAFT_OVERHEAD)·share of layers run``, fitted on
   ``small``), speculation stops for the rest of the answer (``k = 0``: plain greedy steps) — a model whose draft
   disagrees too often is not slowed down. The tokens are the same either way.
+* **Ledger**: the same account kept across the answers of one accelerated model (:class:`DraftLedger`, on the
+  ``Acceleration``): once it holds enough evidence that speculation does not pay there, new answers start with plain
+  steps (every ``PROBE_EVERY``-th still speculates, to notice a change).
 
 This module only decides (plans, depth); ``pipelines/mmu`` runs the loop.
 """
 
 from __future__ import annotations
+
+import threading
 
 from ..model import ExecutionPlan
 from .config import UnderstandingAccelConfig
@@ -31,10 +36,38 @@ DRAFT_OVERHEAD = 0.3
 BREAK_EVEN_ROUNDS = 2  # rounds observed before speculation may be switched off for the rest of the answer
 
 
+LEDGER_EVIDENCE = 24.0  # step-units of speculation observed before the ledger may turn speculation off up front
+PROBE_EVERY = 16  # while off, every this many answers speculate anyway (the inputs may have changed)
+
+
+class DraftLedger:
+    """What speculation has earned on this accelerated model so far, across answers (thread-safe): tokens emitted by
+    speculative rounds vs their cost in full decode steps. Answers are short for benchmark questions (a few tokens),
+    too short for one answer's break-even rule to learn in time; the ledger lets a new answer start without
+    speculation when it has not paid on this model — it changes speed only, never tokens."""
+
+    def __init__(self) -> None:
+        self.gained = self.spent = 0.0
+        self.answers = 0
+        self._lock = threading.Lock()
+
+    def begin(self) -> bool:
+        """Whether the next answer should speculate."""
+        with self._lock:
+            self.answers += 1
+            paying = self.spent < LEDGER_EVIDENCE or self.gained >= self.spent
+            return paying or self.answers % PROBE_EVERY == 0
+
+    def record(self, gained: float, spent: float) -> None:
+        with self._lock:
+            self.gained += gained
+            self.spent += spent
+
+
 class SelfSpeculation:
     """Per-answer state of self-speculative decoding (lives in the understanding session)."""
 
-    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ffn_ranges):
+    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ffn_ranges, ledger: DraftLedger | None = None):
         self.num_layers = num_layers
         self.ffn_ranges = ffn_ranges
         self.skip = skip_count(cfg.draft_skip_ratio, num_layers, "understanding.draft_skip_ratio")
@@ -44,6 +77,9 @@ class SelfSpeculation:
         self.rounds = self.drafted = self.accepted = 0
         self.gained = self.spent = 0.0  # tokens emitted by speculative rounds / their cost in full decode steps
         self.stopped_at: int | None = None  # the round after which plain decoding was cheaper (speculation off)
+        self.ledger = ledger
+        if ledger is not None and not ledger.begin():
+            self.stopped_at, self.k = 0, 0  # it has not paid on this model: plain steps from the start
 
     def rank(self, similarity) -> None:
         """Choose the draft's skipped layers from the prefill's last-token similarity."""
@@ -69,8 +105,11 @@ class SelfSpeculation:
         self.drafted += drafted
         self.accepted += accepted
         if drafted and self.stopped_at is None:
-            self.gained += accepted + 1
-            self.spent += drafted * self.draft_cost() + 1  # the verification costs about one step
+            gained, spent = accepted + 1, drafted * self.draft_cost() + 1  # the verification costs about one step
+            self.gained += gained
+            self.spent += spent
+            if self.ledger is not None:
+                self.ledger.record(gained, spent)
             if self.rounds >= BREAK_EVEN_ROUNDS and self.gained < self.spent:
                 self.stopped_at, self.k = self.rounds, 0  # slower than plain decoding: plain from here (lossless)
                 return

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..model import BackboneOutput, ExecutionPlan
 from .config import UnderstandingAccelConfig
 from .layer_skip import active_layers, least_important_layers, skip_count
-from .speculative import SelfSpeculation
+from .speculative import DraftLedger, SelfSpeculation
 from .token_pruning import make_selector
 
 
@@ -55,7 +55,7 @@ class FlashUUnderstandingSession:
     and reads what the forward returned."""
 
     def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, inputs, ffn_ranges, name: str = "flashu",
-                 calibrated_similarity: list[float] | None = None):
+                 calibrated_similarity: list[float] | None = None, ledger: DraftLedger | None = None):
         self.cfg = cfg
         self.name = name
         self.inputs = inputs
@@ -77,7 +77,7 @@ class FlashUUnderstandingSession:
             self._prefill_layers = active_layers(self.skipped, num_layers)
             self.counters.prefill_layers_skipped = len(self.skipped)
         self._ranking = False
-        self.speculation = SelfSpeculation(cfg, num_layers, ffn_ranges) if cfg.speculative_decoding else None
+        self.speculation = SelfSpeculation(cfg, num_layers, ffn_ranges, ledger) if cfg.speculative_decoding else None
 
     # -- decisions ----------------------------------------------------------------------------------------
     def ranks_at(self, index: int) -> bool:
@@ -157,7 +157,9 @@ class FlashUUnderstandingPolicy:
     ffn_ranges: list | None
     name: str = "flashu"
     calibrated_similarity: list[float] | None = None
+    ledger: DraftLedger | None = None  # speculation's account across answers (model-level, see accel/speculative)
 
     def start(self, bundle, inputs) -> FlashUUnderstandingSession:
         return FlashUUnderstandingSession(self.config, bundle.config.llm.num_layers, inputs, self.ffn_ranges,
-                                          name=self.name, calibrated_similarity=self.calibrated_similarity)
+                                          name=self.name, calibrated_similarity=self.calibrated_similarity,
+                                          ledger=self.ledger)
