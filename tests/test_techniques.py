@@ -502,3 +502,15 @@ def test_ledger_keeps_answers_identical_on_trained_weights():
         ledger = acc.draft_ledger
     assert [g.token_ids for g in got] == want
     assert ledger.spent > 0 and ledger.answers == len(items)
+
+
+def test_draft_ledger_survives_copies():
+    import copy
+    import pickle
+
+    from flashu.accel.speculative import DraftLedger
+
+    ledger = DraftLedger()
+    ledger.record(3.0, 2.0)
+    for clone in (copy.deepcopy(ledger), pickle.loads(pickle.dumps(ledger))):
+        assert (clone.gained, clone.spent) == (3.0, 2.0) and clone.begin()

@@ -63,6 +63,13 @@ class DraftLedger:
             self.gained += gained
             self.spent += spent
 
+    def __getstate__(self) -> dict:  # copies and pickles of an accelerated bundle get a lock of their own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
 
 class SelfSpeculation:
     """Per-answer state of self-speculative decoding (lives in the understanding session)."""
