@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['t2i_eval_speedup']:.2f}x eager; compile time {compile_mmu:.0f} s (first answer) + "
           f"{compile_t2i:.0f} s (first generation); same tokens: {report['same_tokens']}; graphs: {graphs}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        from flashu.io.files import write_json
+
+        write_json(args.json, report, indent=1)
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import flashu
+from flashu.io.files import write_json, write_text
 from flashu.observe.bench import TaskInputs, markdown, run_benchmark, strict_json
 
 PARTS = {  # name: (model, task, configs, compiled)
@@ -63,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
                                mmu_workloads=("short",), calibration_samples=args.calibration_samples,
                                instrument=False, progress=False)
         report["part"], report["wall_s"] = name, time.perf_counter() - t0
-        (args.out / f"gpu-{name}.json").write_text(json.dumps(strict_json(report), indent=2, allow_nan=False))
+        write_json(args.out / f"gpu-{name}.json", strict_json(report), allow_nan=False)
         tables += [f"## {name} ({report['wall_s']:.0f} s including loading, calibration and compilation)", "",
                    markdown(report), ""]
         print(f"{name}: {report['wall_s']:.0f} s", file=sys.stderr, flush=True)
         del bundle
         if device == "cuda":
             torch.cuda.empty_cache()
-    (args.out / "gpu.md").write_text("\n".join(tables))
+    write_text(args.out / "gpu.md", "\n".join(tables))
     print(f"wrote {args.out / 'gpu.md'}", file=sys.stderr)
     return 0
 

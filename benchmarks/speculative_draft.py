@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {a['draft_skip_ratio']} | {a['acceptance_rate']:.2f} ({a['accepted']}/{a['drafted']}) | "
               f"{a['same_tokens_as_baseline']} | {c['cost_per_token_vs_full_step']:.2f} of a full step |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        from flashu.io.files import write_json
+
+        write_json(args.json, report, indent=1)
     return 0
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import click
 
-from .errors import FlashuError
+from .errors import FlashuError, Terminated, out_of_memory_message
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), as a shell reports a job its scheduler stopped
 DEFAULT_MODEL = "testbed"
 MODEL_HELP = ("testbed (the trained model shipped with flashu), tiny/small/small-7b/1.5b/7b (random weights, for "
               "speed), a local checkpoint directory or a hub id (owner/name).")
@@ -161,9 +163,10 @@ def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, prog
     with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files, "t2i"), progress=progress):
         result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
                      progress=progress, noise_dtype=noise_dtype)
+    from .io.files import save_image
+
     for image, path in zip(result.images, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
+        save_image(image, path)
     denoise = result.timings["denoise"]
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
     click.echo(f"evaluations: {result.evaluations}  denoise: {denoise:.2f}s "
@@ -391,7 +394,10 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
     if plot_out:
         writable_file(plot_out, "--plot", (".png",))
     from .io.images import load_image
-    from .observe.bench import TaskInputs, markdown, plot, run_benchmark, strict_json
+    from .observe.bench import TaskInputs, markdown, plot, pyplot, run_benchmark, strict_json
+
+    if plot_out:
+        pyplot()  # a missing matplotlib is said before the benchmark, not after it
 
     inputs = TaskInputs(steps=steps, guidance=guidance, max_new_tokens=max_new_tokens)
     if prompts:
@@ -415,12 +421,12 @@ def bench(model, task, configs, repeats, steps, guidance, prompts, images, quest
 def _write_report(text: str, data: dict, json_out: Path | None, plot_out: Path | None, plot_fn) -> None:
     """Print a command's markdown report; then write its JSON and its figure (paths checked before the work)."""
     click.echo(text)
+    from .io.files import write_json
+
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, indent=2, allow_nan=False))
+        write_json(json_out, data, allow_nan=False)
         click.echo(f"wrote {json_out}")
     if plot_out:
-        plot_out.parent.mkdir(parents=True, exist_ok=True)
         plot_fn(data, str(plot_out))
         click.echo(f"wrote {plot_out}")
 
@@ -595,6 +601,9 @@ def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_
         writable_file(json_out, "--json", (".json",))
     if plot_out:
         writable_file(plot_out, "--plot", (".png",))
+        from .observe.bench import pyplot
+
+        pyplot()  # before the work
     from .observe.analysis import markdown, plot_specialization, specialization
 
     bundle = _load(model, device, dtype)
@@ -603,18 +612,42 @@ def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_
 
 
 # ---------------------------------------------------------------------------------------------------- entry
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(exc: BaseException) -> int:
+    """One line and the exit status for Ctrl-C (130) or SIGTERM (143); records and models are already safe (the
+    interrupt ran every cleanup on its way up)."""
+    if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+        _err("terminated (SIGTERM): work written so far is kept; rerun the same command to resume where it can")
+        return EXIT_TERMINATED
+    _err("interrupted")
+    return EXIT_INTERRUPTED
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Entry point: click in non-standalone mode so every user error becomes one line and exit status 2."""
+    """Entry point: click in non-standalone mode so every user error becomes one line and exit status 2; SIGTERM is
+    handled like Ctrl-C (exit 143), an allocation failure is one line."""
+    import signal
+    import threading
+
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), "flashu")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("once")
             _quiet_libraries()
             main.main(args=argv, prog_name="flashu", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click turns a KeyboardInterrupt (and so SIGTERM) into Abort
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(exc.__cause__)
         _err("aborted")
-        return 130
+        return EXIT_INTERRUPTED
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:
@@ -629,11 +662,18 @@ def run(argv: list[str] | None = None) -> int:
     except FlashuError as exc:
         _err(f"error: {exc}")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+    except (MemoryError, RuntimeError) as exc:  # an allocation failure outside the guarded pipelines
+        message = out_of_memory_message(exc, f"'flashu {command}'")
+        if message is None:
+            raise
+        _err(f"error: {message}")
+        return EXIT_USER_ERROR
     finally:
         warnings.showwarning = previous
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
 
 

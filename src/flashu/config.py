@@ -477,7 +477,8 @@ def _testbed() -> Showo2Config:
         patch_size=1, image_size=32, max_text_len=48, tokenizer="local-bytes",
         llm_model_path="", clip_pretrained_model_path="", default_steps=20, default_guidance=3.0,
         understanding_layout="training",  # the layout this checkpoint was trained with
-        calibration_source="shapes-world",
+        calibration_source="vqa-world",  # testbed v2: shapes-world captions, VQA-world questions
+        understanding_image_size=64,  # v2 answers about 64 px scenes: 256 image tokens
     )
 
 

@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
+from ..errors import FlashuError, memory_guard
+from ..io.files import WriteError
 from ..model import ExecutionPlan
 from ..pipelines.mmu import build_understanding_inputs
 from ..pipelines.t2i import generate
@@ -166,6 +167,7 @@ class AttachProbe:
             self.count += 1
 
 
+@memory_guard("calibration")
 def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: list[str] | None = None,
               pairs: list[tuple[object, str]] | None = None, steps: int = CALIBRATION_STEPS,
               guidance: float | None = None, progress: bool = True) -> ImportanceScores:
@@ -265,11 +267,9 @@ def cached_scores(bundle: Showo2Bundle, task: str, *, samples: int = 20, items: 
                        pairs=items if task == "mmu" else None, progress=progress)
     if use_cache:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            scores.save(tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            warnings.warn(f"could not cache importance scores in {path.parent}: {exc.strerror or exc}; set "
-                          "FLASHU_CACHE_DIR to a writable directory", stacklevel=2)
+            scores.save(path)  # atomic: a full disk leaves no partial entry
+        except OSError as exc:  # WriteError included: the cache is optional, the work goes on
+            cause = exc.cause if isinstance(exc, WriteError) else (exc.strerror or exc)
+            warnings.warn(f"could not cache importance scores in {path.parent}: {cause}; continuing without the "
+                          "cache (set FLASHU_CACHE_DIR to a writable directory with space)", stacklevel=2)
     return scores

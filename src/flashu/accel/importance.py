@@ -76,8 +76,9 @@ class ImportanceScores:
             tensors["layer_similarity"] = self.layer_similarity.contiguous()
         meta = {"format": SCORES_FORMAT, "task": self.task, "fingerprint": self.fingerprint,
                 "samples": str(self.samples), "tokens": str(self.tokens)}
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        from ..io.files import save_safetensors
+
+        return save_safetensors(tensors, path, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ImportanceScores":

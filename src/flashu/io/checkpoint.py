@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .files import torch_save, write_json
 from .hub import CHECKPOINT_PATTERNS, checkpoint_dir
 
 LM_HEAD_KEY = "showo.lm_head.weight"
@@ -244,7 +245,7 @@ def write_safetensors(model: nn.Module, directory: str | Path, max_shard_bytes: 
     ``model.safetensors.index.json``. Earlier safetensors weights in ``directory`` are removed first, since a stale
     ``model.safetensors`` would take precedence over a new index when reading.
     """
-    from safetensors.torch import save_file
+    from .files import save_safetensors as save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -268,7 +269,7 @@ def write_official_bin(model: nn.Module, directory: str | Path) -> Path:
     """The official upstream layout: one ``pytorch_model.bin`` with every key, tied ``showo.lm_head.weight`` too."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(_state_to_write(model, drop_tied_head=False), directory / BIN_NAME)
+    torch_save(_state_to_write(model, drop_tied_head=False), directory / BIN_NAME)
     return directory / BIN_NAME
 
 
@@ -279,7 +280,7 @@ def write_official_sharded_bin(model: nn.Module, directory: str | Path, shard_by
     shards = _shard(_state_to_write(model, drop_tied_head=False), shard_bytes)
     names = [f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        torch.save(shard, directory / name)
+        torch_save(shard, directory / name)
     index = directory / DIFFUSERS_BIN_INDEX_NAME
     _write_index(index, shards, names)
     return [directory / n for n in names] + [index]
@@ -313,4 +314,4 @@ def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, tor
 def _write_index(index: Path, shards: list[dict[str, torch.Tensor]], names: list[str]) -> None:
     total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
     weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
-    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    write_json(index, {"metadata": {"total_size": total}, "weight_map": weight_map})

@@ -185,7 +185,9 @@ def save_pretrained(bundle: Showo2Bundle, directory: str | Path) -> Path:
     config: Showo2Config = bundle.config
     if bundle.source in ("tiny", "small", "1.5b", "7b") and config.tokenizer == "qwen2.5":
         config = Showo2Config.from_dict({**config.to_dict(), "tokenizer": "local-bytes"})
-    (out / "config.json").write_text(json.dumps(config.to_official_dict(), indent=2))
+    from .files import write_text
+
+    write_text(out / "config.json", json.dumps(config.to_official_dict(), indent=2))
     write_safetensors(bundle.model, out)
     save_tokenizer(bundle.tokenizer, out)
     save_vae(bundle.codec.vae, out)

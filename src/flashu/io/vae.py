@@ -157,8 +157,9 @@ def save_vae(vae: AutoencoderKLWan | IdentityVAE, directory: str | Path) -> Path
         return None
     path = Path(directory) / VAE_SAFETENSORS
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(path))
-    return path
+    from .files import save_safetensors
+
+    return save_safetensors({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, path)
 
 
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:

@@ -246,13 +246,11 @@ def markdown(result: dict) -> str:
 def plot_specialization(result: dict, path_png: str) -> None:
     """Figure 1 style: per method, horizontal stacked bars per layer (generation only / both / understanding
     only, % of the layer's neurons); last panel, the per-layer input/output cosine similarity of each task."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        raise FlashuError("plots need matplotlib: pip install 'flashu[plot]'") from None
+    from .bench import pyplot
+
+    plt = pyplot()
+    import matplotlib.ticker
+
     methods = result["methods"]
     layers = list(range(result["num_layers"]))
     height = max(4.0, 0.28 * len(layers) + 1.8)
@@ -285,5 +283,7 @@ def plot_specialization(result: dict, path_png: str) -> None:
     ax.set_title("input/output similarity per layer", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path_png, dpi=110)
+    from ..io.files import save_figure
+
+    save_figure(fig, path_png, dpi=110)
     plt.close(fig)

@@ -37,7 +37,7 @@ from ..accel.api import accelerate, restore
 from ..accel.config import FlashUConfig
 from ..accel.spec import resolve_accel
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
+from ..errors import FlashuError, memory_guard
 from ..pipelines.timing import DeviceClock
 from .metrics import exact_match, psnr, relative_l2, ssim, token_agreement
 
@@ -348,6 +348,7 @@ def _inputs_dict(workload: Workload, inputs: TaskInputs) -> dict:
             "ignore_eos": workload.ignore_eos}
 
 
+@memory_guard("the benchmark")
 def run_benchmark(bundle: Showo2Bundle, tasks: list[str] | str, config_specs: list[str], *,
                   inputs: TaskInputs | None = None, mmu_workloads: tuple[str, ...] = ("short", "long"),
                   **kwargs) -> dict:
@@ -436,14 +437,24 @@ def _x(row: dict, key: str) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
-def plot(report: dict, path: str) -> None:
-    """Speed vs fidelity (left) and a per-component stacked bar (right), one row per task."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or one line naming the extra (called before any work)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise FlashuError("--plot needs matplotlib: pip install 'flashu[plot]'") from None
+    return plt
+
+
+PSNR_CEILING = 60.0  # identical images (infinite PSNR; None in a strict-JSON report) are drawn at this height
+
+
+def plot(report: dict, path: str) -> None:
+    """Speed vs fidelity (left) and a per-component stacked bar (right), one row per task. Takes the raw report or
+    its :func:`strict_json` form (where an infinite PSNR became None)."""
+    plt = pyplot()
     tasks = list(report["tasks"].items())
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.5 * len(tasks)), squeeze=False)
     for (task, section), (ax_speed, ax_comp) in zip(tasks, axes):
@@ -451,9 +462,12 @@ def plot(report: dict, path: str) -> None:
         metric = "psnr_db" if section["task"] == "t2i" else "token_agreement"
         for r in rows:
             x = r.get("speedup_vs_none", 1.0)
-            y = r.get("fidelity", {}).get(metric, float("nan"))
-            if y == float("inf"):
-                y = 60.0  # identical images: plot at a ceiling rather than off the chart
+            fidelity = r.get("fidelity", {})
+            y = fidelity.get(metric, float("nan"))
+            if y == float("inf") or (y is None and metric == "psnr_db" and metric in fidelity):
+                y = PSNR_CEILING  # identical images: plot at a ceiling rather than off the chart
+            elif y is None:
+                y = float("nan")
             ax_speed.scatter([x], [y])
             ax_speed.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax_speed.set_xlabel("speedup vs none (×)")
@@ -472,7 +486,9 @@ def plot(report: dict, path: str) -> None:
             ax_comp.legend(fontsize=8)
             ax_comp.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from ..io.files import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

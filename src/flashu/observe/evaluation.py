@@ -65,7 +65,8 @@ from ..accel.api import accelerated
 from ..accel.importance import ImportanceScores
 from ..accel.spec import resolve_accel, split_specs
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
+from ..errors import FlashuError, memory_guard
+from ..io.files import WriteError, save_image, write_cause, write_text
 
 SCHEMA = "flashu-eval"
 SCHEMA_VERSION = 1
@@ -247,17 +248,24 @@ def image_valid(path: Path) -> bool:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # hidden and not *.png: no scorer picks it up
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_image(image, path, format="PNG")
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write_text = write_text
+
+
+def _append_record(fh, path: Path, row: dict) -> None:
+    """One JSON line, flushed at once: every record written before a failure is kept (a torn last line is
+    skipped on resume); a full disk or a quota becomes one line naming the file."""
+    try:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+    except OSError as exc:
+        found = write_cause(exc)
+        if found is None:
+            raise
+        raise WriteError(path, found[1] + " (the records written so far are kept: rerun the same command to "
+                         "resume)", found[0]) from None
 
 
 def _write_json(path: Path, data) -> None:
@@ -408,6 +416,7 @@ def _bar(shard: distributed.Shard, total: int, desc: str, progress: bool):
 
 
 # ---------------------------------------------------------------------------------------------- text to image
+@memory_guard("eval t2i")
 def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str, out_dir: str | Path, *,
              steps: int | None = None, guidance: float | None = None, seed: int = 0,
              samples_per_prompt: int | None = None, fmt: str = "auto", image_size: int | None = None,
@@ -525,6 +534,7 @@ def _prediction_files(out: Path, name: str) -> list[Path]:
     return [out / name / "predictions.jsonl", *sorted(_book(out, "mmu", name).glob("predictions-rank*.jsonl"))]
 
 
+@memory_guard("eval mmu")
 def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str] | str, out_dir: str | Path, *,
              max_new_tokens: int = 32, limit: int | None = None, scores: dict | None = None,
              calibration_samples: int = 20, shard: distributed.Shard | None = None, progress: bool = True) -> dict:
@@ -569,8 +579,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
                     row = {"index": item.index, "id": item.id, "question": item.question, "answer": item.answer,
                            "prediction": reply.text, "correct": score_answer(reply.text, item.answer),
                            "tokens": len(reply.token_ids), "seconds": time.perf_counter() - t0}
-                    fh.write(json.dumps(row) + "\n")
-                    fh.flush()
+                    _append_record(fh, part, row)
                     generated += 1
                     seconds += row["seconds"]
                     bar.update()

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.profiler import record_function
 
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
+from ..errors import FlashuError, memory_guard
 from ..io.images import load_image, preprocess_image
 from ..io.paths import check_text
 from ..limits import check_answer_fits, check_understanding_fits
@@ -144,6 +144,7 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
 
 
 @torch.no_grad()
+@memory_guard("answering")
 def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str, *, max_new_tokens: int = 300,
            policy: UnderstandingPolicy | None = None, image_size: int | None = None,
            ignore_eos: bool = False, latents: torch.Tensor | None = None, layout: str | None = None,

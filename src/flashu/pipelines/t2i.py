@@ -21,7 +21,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
+from ..errors import FlashuError, memory_guard
 from ..io.images import to_pil
 from ..io.paths import check_text
 from ..limits import check_generation_fits
@@ -175,6 +175,7 @@ MAX_SEED = 2**63 - 1
 
 
 @torch.no_grad()
+@memory_guard("generation")
 def generate(bundle: Showo2Bundle, prompts: str | Sequence[str], *, steps: int | None = None,
              guidance: float | None = None, seed: int = 0, image_size: int | None = None,
              policy: GenerationPolicy | None = None, progress: bool = True, decode: bool = True,

@@ -103,10 +103,9 @@ def save_grid(reports: list[dict], captions: list[str], out: str | Path) -> Path
                 draw.text((PAD + 16, y), f"{report['accel'][:24]}: {u['answers'][i]!r:.60} - "
                           f"{'correct' if ok else 'wrong'}", fill=_GOOD if ok else _BAD, font=font)
             y += 14
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    return out
+    from ..io.files import save_image
+
+    return save_image(grid, Path(out))
 
 
 def _wrap(text: str, width: int) -> str:

@@ -28,7 +28,7 @@ import torch
 from ..accel.config import FlashUConfig
 from ..accel.spec import resolve_accel
 from ..bundle import Showo2Bundle
-from ..errors import FlashuError
+from ..errors import FlashuError, memory_guard
 from . import world
 from .checker import ATTRIBUTES, check_generation, score_answer
 
@@ -81,6 +81,7 @@ def split_items(split: str, n_gen: int, n_mmu: int, size: int) -> _Items:
     return _Items(captions, qas)
 
 
+@memory_guard("the testbed evaluation")
 def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen: int = 100, n_mmu: int = 200,
              split: str = "test", steps: int | None = None, guidance: float | None = None, seed: int = 0,
              batch_size: int = 10, max_new_tokens: int = 16, scores: dict | None = None,
@@ -249,8 +250,6 @@ def _speedup(value: float, base: dict | None, task: str, key: str) -> str:
 
 
 def write_json(reports: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = [{k: v for k, v in r.items() if k != "images"} for r in reports]
-    path.write_text(json.dumps(clean, indent=2))
-    return path
+    from ..io.files import write_json as write
+
+    return write(path, [{k: v for k, v in r.items() if k != "images"} for r in reports])

@@ -344,16 +344,16 @@ def write_understanding_set(
     refers to the same image). Image paths are relative to the JSONL's directory so the set can be moved or shipped;
     :func:`read_understanding_set` resolves them.
     """
+    from ..io.files import save_image, write_text
+
     directory = Path(directory)
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    jsonl = directory / "understanding.jsonl"
-    with jsonl.open("w", encoding="utf-8") as out:
-        for example in iter_split(split, n, size):
-            rel = Path("images") / f"{split}_{example.index:05d}.png"
-            example.image.save(directory / rel)
-            for qa in example.qas:
-                out.write(json.dumps({"image": rel.as_posix(), "question": qa.question, "answer": qa.answer}) + "\n")
-    return jsonl
+    lines = []
+    for example in iter_split(split, n, size):
+        rel = Path("images") / f"{split}_{example.index:05d}.png"
+        save_image(example.image, directory / rel)
+        for qa in example.qas:
+            lines.append(json.dumps({"image": rel.as_posix(), "question": qa.question, "answer": qa.answer}) + "\n")
+    return write_text(directory / "understanding.jsonl", "".join(lines))
 
 
 def read_understanding_set(jsonl: str | Path) -> list[dict[str, str]]:
