@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-CATEGORIES = ("checkpoints", "images", "text", "numbers", "devices", "accel", "outputs", "eval", "api")
+CATEGORIES = ("checkpoints", "images", "text", "numbers", "devices", "accel", "outputs", "eval", "api", "disk")
 OUTCOMES = ("ok-error", "ok-success", "traceback", "hang", "silently-wrong", "wrong-error")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 FAST = 8.0  # seconds: an error that must come before any work (e.g. a bad output path) comes within this
@@ -80,6 +80,7 @@ class Case:
     slow: bool = False  # skipped by --quick
     skip: str | None = None  # reason to skip here
     bundle: bool = False  # API: load the tiny model as ``b`` first
+    terminate_after: float | None = None  # send SIGTERM after this many seconds; exit 143 + one line is ok
     id: str = ""
 
     @property
@@ -831,7 +832,7 @@ def number_cases() -> list[Case]:
         Case(C, "bench --steps 1", ["bench", "--model", "tiny", "--steps", "1"], needle="steps", **e),
         Case(C, "bench --max-new-tokens 0", ["bench", "--model", "tiny", "--max-new-tokens", "0"],
              needle="max-new-tokens", **e),
-        Slow(C, "bench --calibration-samples 0", ["bench", "--model", "tiny", "--task", "t2i", "--configs", "paper",
+        Slow(C, "bench --calibration-samples 0", ["bench", "--model", "tiny", "--task", "t2i", "--accel", "paper",
                                                   "--calibration-samples", "0", "--repeats", "1", "--steps", "2",
                                                   "--no-progress"],
              needle="calibration", fast=True),
@@ -853,27 +854,27 @@ def number_cases() -> list[Case]:
         Case(C, "info --question-tokens 10**12", ["info", "--model", "tiny", "--question-tokens", str(10**12)],
              expect="either", needle="question-tokens", check=stdout_has("")),
         Slow(C, "eval t2i --samples-per-prompt 0",
-             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--configs", "none", "--out", "{d}/out",
+             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--accel", "none", "--out", "{d}/out",
               "--samples-per-prompt", "0", "--steps", "2", "--no-progress"],
              setup=raw_file("p.txt", b"a red circle\n"), needle="samples"),
         Case(C, "eval t2i --limit 0 (evaluates nothing)",
-             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--configs", "none", "--out", "{d}/out",
+             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--accel", "none", "--out", "{d}/out",
               "--limit", "0", "--steps", "2", "--no-progress"],
              setup=raw_file("p.txt", b"a red circle\n"), needle="limit"),
         Slow(C, "eval t2i --limit -1 (drops the last prompt)",
-             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--configs", "none", "--out", "{d}/out",
+             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--accel", "none", "--out", "{d}/out",
               "--limit", "-1", "--steps", "2", "--no-progress"],
              setup=raw_file("p.txt", b"a red circle\na blue square\n"), needle="limit"),
         Case(C, "eval t2i --seed 2**63-1 with two prompts (seed + index overflows)",
-             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--configs", "none", "--out", "{d}/out",
+             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--accel", "none", "--out", "{d}/out",
               "--seed", str(2**63 - 1), "--steps", "2", "--no-progress"],
              setup=raw_file("p.txt", b"a red circle\na blue square\n"), expect="either", needle="seed",
              check=images(["out/none/00000.png", "out/none/00001.png"])),
         Slow(C, "eval mmu --max-new-tokens 0",
-             ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--configs", "none",
+             ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--accel", "none",
               "--out", "{d}/out", "--max-new-tokens", "0", "--no-progress"], needle="max"),
         Slow(C, "eval mmu --limit -1",
-             ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--configs", "none",
+             ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--accel", "none",
               "--out", "{d}/out", "--limit", "-1", "--no-progress"], needle="limit"),
         Slow(C, "eval testbed --n-gen -1", ["eval", "testbed", "--n-gen", "-1", "--n-mmu", "1", "--no-progress"],
              needle="n_gen"),
@@ -930,7 +931,7 @@ def accel_cases() -> list[Case]:
     C = "accel"
 
     def bench(spec: str) -> list:  # validates specs before loading anything
-        return ["bench", "--model", "tiny", "--task", "both", "--configs", spec, "--repeats", "1", "--steps", "2",
+        return ["bench", "--model", "tiny", "--task", "both", "--accel", spec, "--repeats", "1", "--steps", "2",
                 "--max-new-tokens", "2", "--no-instrument", "--calibration-samples", "1", "--no-progress"]
 
     def g(*extra) -> list:
@@ -1047,7 +1048,7 @@ def accel_cases() -> list[Case]:
         Slow(C, "--scores that fit (control)", g("--accel", "paper", "--scores", "{fx}/scores/t2i.safetensors"),
              expect="success", check=image()),
         Slow(C, "eval mmu with the same config twice",
-             ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--configs", "none,none",
+             ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--accel", "none,none",
               "--out", "{d}/out", "--no-progress"], expect="either", needle="none", check=eval_complete()),
     ]
 
@@ -1094,7 +1095,7 @@ def output_cases() -> list[Case]:
         Case(C, "bench --plot with extension .svg", slow_bench + ["--plot", "{d}/r.svg"], needle="extension", **f),
         Case(C, "bench --plot under /proc", slow_bench + ["--plot", "/proc/flashu-sweep.png"], needle="/proc", timeout=60, **f),
         Case(C, "bench --json into missing parents: strict JSON",
-             ["bench", "--model", "tiny", "--task", "t2i", "--configs", "none,exact", "--repeats", "1", "--steps",
+             ["bench", "--model", "tiny", "--task", "t2i", "--accel", "none,exact", "--repeats", "1", "--steps",
               "2", "--no-instrument", "--no-progress", "--json", "{d}/new/r.json"],
              expect="success", check=strict_json("new/r.json"), timeout=240),
         Case(C, "calibrate --out .pt", ["calibrate", "--model", "tiny", "--task", "t2i", "--out", "{d}/s.pt"],
@@ -1131,7 +1132,7 @@ def eval_cases() -> list[Case]:
     C = "eval"
 
     def rerun(*extra) -> list:
-        return ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--configs", "none",
+        return ["eval", "mmu", "--model", "tiny", "--data", "{fx}/set/understanding.jsonl", "--accel", "none",
                 "--out", "{d}/out", "--max-new-tokens", "2", "--no-progress", *extra]
 
     def resumed(mutate: Callable[[Path, list[str]], None]) -> Callable[[Path, Path], None]:
@@ -1163,11 +1164,11 @@ def eval_cases() -> list[Case]:
         return setup
 
     def on_data(*extra) -> list:
-        return ["eval", "mmu", "--model", "tiny", "--data", "{d}/data.jsonl", "--configs", "none", "--out",
+        return ["eval", "mmu", "--model", "tiny", "--data", "{d}/data.jsonl", "--accel", "none", "--out",
                 "{d}/out", "--max-new-tokens", "2", "--no-progress", *extra]
 
     def t2i(source: str, *extra) -> list:
-        return ["eval", "t2i", "--model", "tiny", "--prompts", source, "--configs", "none", "--out", "{d}/out",
+        return ["eval", "t2i", "--model", "tiny", "--prompts", source, "--accel", "none", "--out", "{d}/out",
                 "--steps", "2", "--no-progress", *extra]
 
     good_image = b'{"image": "images/test_00000.png", '
@@ -1358,9 +1359,76 @@ def api_cases() -> list[Case]:
     ]
 
 
+def disk_cases() -> list[Case]:
+    """Full file systems (a 1 MiB tmpfs filled to the last byte at {d}/full; needs root) and SIGTERM."""
+    C = "disk"
+    skip = None if IS_ROOT and shutil.which("mount") else "needs root to mount a small tmpfs"
+
+    def full(d: Path, fx: Path) -> None:
+        (d / "full").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d / "full")], check=True)
+        (d / "full" / "cache").mkdir()
+        try:
+            with open(d / "full" / "filler", "ab", buffering=0) as fh:
+                while True:
+                    fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+    def nothing_partial(r: Result) -> str | None:
+        left = [p.name for p in (r.d / "full").rglob("*") if p.is_file() and p.name != "filler"]
+        return f"files left on the full disk: {left}" if left else None
+
+    def cached_warning(r: Result) -> str | None:
+        if "could not cache importance scores" not in r.stderr:
+            return "no warning that the cache could not be written"
+        return nothing_partial(r)
+
+    def records_whole(r: Result) -> str | None:
+        part = r.d / "run" / ".flashu" / "mmu" / "none" / "predictions-rank0.jsonl"
+        try:
+            rows = [json.loads(line) for line in part.read_text().splitlines()]
+        except (OSError, ValueError) as exc:
+            return f"records lost or torn: {exc}"
+        return None if rows else "no record kept"
+
+    def many_questions(d: Path, fx: Path) -> None:
+        lines = [json.dumps({"image": str(fx / "img/ok.png"), "question": f"q{i}?", "answer": "red"})
+                 for i in range(20000)]
+        (d / "q.jsonl").write_text("\n".join(lines) + "\n")
+
+    d = dict(setup=full, on_error=nothing_partial, needle="no space left", skip=skip)
+    return [
+        Case(C, "generate two images onto a full disk", gen("--prompt", "a blue square", out="{d}/full/img.png"), **d),
+        Case(C, "calibrate --out on a full disk", ["calibrate", "--model", "tiny", "--task", "mmu", "--samples", "2",
+                                                   "--out", "{d}/full/s.safetensors", "--no-progress"], **d),
+        Case(C, "bench --json on a full disk", ["bench", "--model", "tiny", "--task", "t2i", "--accel", "none",
+                                                "--repeats", "1", "--steps", "2", "--no-instrument", "--no-progress",
+                                                "--json", "{d}/full/b.json"], **d),
+        Case(C, "eval mmu --out on a full disk", ["eval", "mmu", "--model", "tiny", "--data",
+                                                  "{fx}/set/understanding.jsonl", "--accel", "none", "--limit", "2",
+                                                  "--out", "{d}/full/run", "--no-progress"], **d),
+        Case(C, "eval t2i --out on a full disk", ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt",
+                                                  "--accel", "none", "--steps", "2", "--out", "{d}/full/run",
+                                                  "--no-progress"],
+             **{**d, "setup": lambda d, fx: (full(d, fx), (d / "p.txt").write_text("a red circle\n"))}),
+        Case(C, "demo --out on a full disk", ["demo", "--images", "1", "--questions", "1", "--accel", "none",
+                                              "--out", "{d}/full/demo.png", "--no-progress"], **d),
+        Case(C, "ask --accel paper with the calibration cache on a full disk",
+             ask("{fx}/img/ok.png", "what colour is it?", "--accel", "paper"), expect="success", setup=full,
+             env={"FLASHU_CACHE_DIR": "{d}/full/cache"}, check=cached_warning, skip=skip),
+        Case(C, "API save_pretrained onto a full disk", api="flashu.save_pretrained(b, '{d}/full/ckpt')",
+             bundle=True, **d),
+        Case(C, "SIGTERM during eval mmu: exit 143, records whole",
+             ["eval", "mmu", "--model", "tiny", "--data", "{d}/q.jsonl", "--accel", "none", "--max-new-tokens", "2",
+              "--out", "{d}/run", "--no-progress"], setup=many_questions, terminate_after=12.0,
+             on_error=records_whole),
+    ]
+
+
 def all_cases(info: dict) -> list[Case]:
     cases = (checkpoint_cases() + image_cases() + text_cases() + number_cases() + device_cases(info)
-             + accel_cases() + output_cases() + eval_cases() + api_cases())
+             + accel_cases() + output_cases() + eval_cases() + api_cases() + disk_cases())
     counters: dict[str, int] = {}
     for case in cases:
         counters[case.category] = counters.get(case.category, 0) + 1
@@ -1387,6 +1455,13 @@ def classify(case: Case, r: Result) -> tuple[str, str]:
     """(outcome, detail)."""
     if r.rc is None:
         return "hang", f"no exit within {case.timeout:.0f} s"
+    if case.terminate_after is not None:
+        if "Traceback (most recent call last)" in r.stderr:
+            return "traceback", f"exit {r.rc} after SIGTERM"
+        if r.rc != 143 or "terminated (SIGTERM)" not in r.stderr:
+            return "wrong-error", f"exit {r.rc} after SIGTERM (expected 143 and one 'terminated' line)"
+        problem = case.on_error(r) if case.on_error is not None else None
+        return ("silently-wrong", problem) if problem else ("ok-error", "")
     if "Traceback (most recent call last)" in r.stderr or r.rc not in (0, 2, 130):
         return "traceback", f"exit {r.rc}"
     if r.rc == 130:
@@ -1437,15 +1512,24 @@ def run_case(case: Case, work: Path, fx: Path, mem_bytes: int) -> dict:
     command = ["prlimit", f"--as={mem_bytes}", "--", *case.command(d, fx)] if shutil.which("prlimit") \
         else case.command(d, fx)
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=d, env=_env(case.env, work), stdin=subprocess.DEVNULL,
+    env = {k: v.replace("{d}", str(d)) for k, v in case.env.items()}
+    proc = subprocess.Popen(command, cwd=d, env=_env(env, work), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
+        if case.terminate_after is not None:
+            try:
+                out, err = proc.communicate(timeout=case.terminate_after)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)  # as a scheduler stops a job
         out, err = proc.communicate(timeout=case.timeout)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the case's own process group (start_new_session)
         out, err = proc.communicate()
         rc = None
+    finally:
+        if (d / "full").is_mount():
+            subprocess.run(["umount", "-l", str(d / "full")], check=False)
     seconds = time.perf_counter() - started
     result = Result(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), seconds, d, fx)
     try:

@@ -85,3 +85,109 @@ def test_console_script_exit_code_without_traceback():
                           capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ one grammar
+
+
+def test_accel_presets_table_and_one_loadable_preset(capsys, tmp_path):
+    from flashu.accel.config import ACCEL_PRESET_NAMES
+    from flashu.accel.spec import resolve_accel
+
+    assert run(["accel-presets"]) == 0
+    table = capsys.readouterr().out
+    assert all(any(line.startswith(name + " ") for line in table.splitlines()) for name in ACCEL_PRESET_NAMES)
+    assert "speculative_decoding=True" in table and "{" not in table  # a table, not JSON dumps
+    assert run(["accel-presets", "plus"]) == 0
+    path = tmp_path / "plus.json"
+    path.write_text(capsys.readouterr().out)
+    assert resolve_accel(str(path)).to_dict() == resolve_accel("plus").to_dict()
+    assert run(["accel-presets", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == set(ACCEL_PRESET_NAMES)
+    assert "unknown acceleration preset 'nope'" in _one_line_error(capsys, ["accel-presets", "nope"])
+
+
+def test_configuration_lists_take_commas_and_repetition(capsys, tmp_path):
+    from flashu.cli import _specs
+
+    assert _specs(("none,paper", "plus"), (), "none") == ["none", "paper", "plus"]
+    assert _specs((), ("none,exact",), "none") == ["none", "exact"]  # --configs: the old spelling still works
+    assert _specs((), (), "none,paper") == ["none", "paper"]
+    assert _specs(("paper:understanding.token_prune_ratio=0.75,understanding.token_scorer=query",), (), "x") == \
+        ["paper:understanding.token_prune_ratio=0.75,understanding.token_scorer=query"]
+    line = _one_line_error(capsys, ["eval", "testbed", "--accel", "none,nope", "--n-gen", "0", "--n-mmu", "1"])
+    assert "nope" in line
+    assert run(["eval", "testbed", "--accel", "none,exact", "--n-gen", "0", "--n-mmu", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "\nnone " in out and "\nexact " in out
+
+
+@pytest.mark.parametrize("command", [["demo"], ["eval", "testbed"], ["bench"], ["eval", "mmu"], ["eval", "t2i"],
+                                     ["generate"], ["ask"], ["calibrate"], ["analyze", "specialization"]])
+def test_model_loading_commands_share_the_common_flags(command):
+    from click.testing import CliRunner
+
+    from flashu.cli import main
+
+    help_text = CliRunner().invoke(main, [*command, "--help"]).output
+    for flag in ("--model", "--device", "--dtype", "--progress", "--accel" if command[0] not in ("calibrate",
+                                                                                                 "analyze") else ""):
+        assert flag in help_text, (command, flag)
+
+
+def test_bench_plot_through_the_cli(tmp_path, capsys):
+    """`exact` is bit-identical on t2i: its PSNR is infinite, None in the strict JSON the CLI plots from."""
+    png, report = tmp_path / "b.png", tmp_path / "b.json"
+    assert run(["bench", "--model", "tiny", "--task", "t2i", "--accel", "none,exact", "--repeats", "1", "--steps",
+                "3", "--no-instrument", "--plot", str(png), "--json", str(report), "--no-progress"]) == 0
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads(report.read_text())["tasks"]["t2i"]["rows"]
+    assert any(r["config"] == "exact" and r["fidelity"]["psnr_db"] is None for r in rows)
+
+
+def test_missing_matplotlib_is_said_before_the_benchmark(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr("flashu.observe.bench.run_benchmark", lambda *a, **k: pytest.fail("benchmark ran"))
+    line = _one_line_error(capsys, ["bench", "--model", "tiny", "--task", "t2i", "--plot", str(tmp_path / "b.png")])
+    assert "pip install 'flashu[plot]'" in line
+
+
+def test_compile_timings_exclude_the_warm_up(monkeypatch, capsys, sample_image):
+    calls = []
+    monkeypatch.setattr("flashu.compiled.compile", lambda bundle, **kw: calls.append("compile") or bundle)
+    from flashu.pipelines import mmu
+
+    real = mmu.answer
+    monkeypatch.setattr(mmu, "answer", lambda *a, **k: calls.append("answer") or real(*a, **k))
+    assert run(["ask", "--model", "tiny", "--image", str(sample_image), "--question", "what?", "--max-new-tokens", "2",
+                "--compile", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert calls == ["compile", "answer", "answer"]  # compiled, warmed up untimed, then the timed answer
+    assert "compiling (first call only; the timings below exclude it)" in err and "compiled and warmed up in" in err
+    assert err.index("compiled and warmed up") < err.index("prefill:")
+
+
+def test_short_reprs(tiny_bundle):
+    import flashu
+    from PIL import Image
+
+    result = flashu.generate(tiny_bundle, ["a"], steps=3, progress=False)
+    reply = flashu.answer(tiny_bundle, Image.new("RGB", (32, 32)), "what?", max_new_tokens=2)
+    for text in (repr(result), repr(reply)):
+        assert "\n" not in text and "tensor(" not in text and len(text) < 300
+    acc = flashu.accelerate(tiny_bundle, "paper", progress=False, calibration_samples=2)
+    try:
+        text = repr(acc)
+        assert text.startswith("Acceleration('paper'") and "tensor(" not in text and len(text) < 300
+        assert str(acc) == text
+    finally:
+        flashu.restore(tiny_bundle)

@@ -160,7 +160,7 @@ def test_save_pretrained_on_full_disk(disk, tiny_bundle):
 
 def test_bench_json_on_full_disk(disk, capsys):
     disk.fill()
-    code = run(["bench", "--model", "tiny", "--task", "t2i", "--configs", "none", "--repeats", "1", "--steps", "3",
+    code = run(["bench", "--model", "tiny", "--task", "t2i", "--accel", "none", "--repeats", "1", "--steps", "3",
                 "--no-instrument", "--json", str(disk.dir / "b.json"), "--no-progress"])
     assert code == 2 and "no space left" in _one_line(capsys)
     assert disk.names() == set()
@@ -177,7 +177,7 @@ def _mmu_data(tmp_path, sample_image, n: int) -> Path:
 def test_eval_mmu_out_of_space_keeps_records_and_resumes(disk, capsys, tmp_path, sample_image, monkeypatch):
     data = _mmu_data(tmp_path, sample_image, 6)
     out = disk.dir / "run"
-    common = ["eval", "mmu", "--model", "tiny", "--data", str(data), "--configs", "none", "--out", str(out),
+    common = ["eval", "mmu", "--model", "tiny", "--data", str(data), "--accel", "none", "--out", str(out),
               "--max-new-tokens", "2", "--no-progress"]
     from flashu.pipelines import mmu as evaluation  # eval_mmu imports answer from here at call time
 
@@ -206,7 +206,7 @@ def test_eval_mmu_out_of_space_keeps_records_and_resumes(disk, capsys, tmp_path,
 
 def test_demo_on_full_disk(disk, capsys):
     disk.fill()
-    code = run(["demo", "--images", "1", "--questions", "2", "--configs", "none", "--out",
+    code = run(["demo", "--images", "1", "--questions", "2", "--accel", "none", "--out",
                 str(disk.dir / "grid.png"), "--no-progress"])
     assert code == 2 and "no space left" in _one_line(capsys)
     assert disk.names() == set()
@@ -219,7 +219,7 @@ def test_sigterm_during_eval_exits_143_with_records_intact(tmp_path, sample_imag
     data = _mmu_data(tmp_path, sample_image, 400)
     out = tmp_path / "run"
     cmd = [sys.executable, "-c", "import sys; from flashu.cli import entry; sys.argv[0] = 'flashu'; entry()",
-           "eval", "mmu", "--model", "tiny", "--data", str(data), "--configs", "none", "--out", str(out),
+           "eval", "mmu", "--model", "tiny", "--data", str(data), "--accel", "none", "--out", str(out),
            "--max-new-tokens", "2", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -338,7 +338,7 @@ def test_malformed_prediction_records_are_redone(tmp_path):
 # ---------------------------------------------------------------------------------------------------- reports
 def test_no_progress_silences_every_bar_and_profiler_noise(tmp_path):
     done = subprocess.run([sys.executable, "-m", "flashu.cli", "bench", "--model", "tiny", "--task", "both",
-                           "--configs", "none,prune-only", "--repeats", "1", "--steps", "2", "--max-new-tokens", "2",
+                           "--accel", "none,prune-only", "--repeats", "1", "--steps", "2", "--max-new-tokens", "2",
                            "--calibration-samples", "1", "--no-progress", "--json", str(tmp_path / "r.json")],
                           capture_output=True, text=True, timeout=600,
                           env={**ENV, "FLASHU_CACHE_DIR": str(tmp_path / "cache")})
@@ -494,7 +494,7 @@ def test_zero_calibration_samples_are_refused_not_replaced_by_the_default(bundle
     with pytest.raises(FlashuError, match="calibration_samples"):  # 0 silently became the preset's 20
         flashu.accelerate(bundle, "prune-only", task="t2i", calibration_samples=0)
     assert bundle.acceleration is None
-    one_line_error(capsys, ["bench", "--model", "tiny", "--configs", "paper", "--calibration-samples", "0"],
+    one_line_error(capsys, ["bench", "--model", "tiny", "--accel", "paper", "--calibration-samples", "0"],
                    "--calibration-samples")
 
 

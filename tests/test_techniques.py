@@ -431,7 +431,8 @@ def test_speculative_decoding_emits_the_target_plans_tokens(bundle, scores, imag
                (QUESTION, "describe the image")]
     assert [g.token_ids for g in got] == want
     stats = got[0].stats
-    assert stats["speculative_rounds"] < 19 and stats["drafted_tokens"] > 0  # fewer target forwards than tokens
+    assert stats["decode_steps"] < 19 and stats["drafted_tokens"] > 0  # fewer target forwards than tokens
+    assert 0 < stats["speculative_rounds"] <= stats["decode_steps"]
 
 
 def test_speculative_decoding_on_trained_weights_stops_at_eos():
@@ -462,6 +463,7 @@ def test_speculation_stops_where_plain_decoding_is_cheaper():
         bad.update(bad.depth(100), 0)  # nothing accepted: slower than plain decoding
     assert good.stopped_at is None and good.k == 8
     assert bad.stopped_at == 2 and bad.depth(100) == 0 and bad.stats()["speculation_stopped_after_round"] == 2
+    assert bad.stats()["speculative_rounds"] == 2 and bad.rounds == 4  # then two plain rounds (k = 0)
 
 
 def test_speculation_that_does_not_pay_falls_back_losslessly():

@@ -54,7 +54,7 @@ device_option = click.option("--device", default="auto", show_default=True,
 dtype_option = click.option("--dtype", default="auto", show_default=True,
                             help="float32, bfloat16, float16 or auto (bf16 on CUDA, fp32 on CPU).")
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
-                               help="Progress bars (calibration included).")
+                               help="Progress bars on stderr.")
 tokenizer_option = click.option("--tokenizer", "tokenizer_dir", default=None,
                                 help="Directory or hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) with the tokenizer files, "
                                      "instead of the checkpoint's or its llm_model_path.")
@@ -65,13 +65,46 @@ vae_option = click.option("--vae", "vae_dir", default=None,
                                "vae.safetensors) instead of the checkpoint's or Wan-AI/Wan2.1-T2V-14B; none: no VAE.")
 
 
+def _accel_list(default: str):
+    """``--accel`` for commands that compare configurations: a comma list and/or repeated (``--accel none,paper``
+    = ``--accel none --accel paper``); ``--configs`` is a hidden alias kept for older scripts. The command gets
+    ``accels``, a list of specs (:func:`_specs`)."""
+    from .accel.spec import SPEC_HELP  # light module: no torch
+
+    def decorate(func):
+        func = click.option("--configs", "configs_alias", multiple=True, hidden=True,
+                            help="Alias of --accel.")(func)
+        return click.option("--accel", "accels", multiple=True, default=(), show_default=default,
+                            help=f"Configurations to compare: a comma list and/or the option repeated; each "
+                                 f"{SPEC_HELP}.")(func)
+    decorate.default = default
+    return decorate
+
+
+def _specs(accels, alias, default: str) -> list[str]:
+    """The configuration list of ``--accel``/``--configs`` (default when neither is given), each spec validated
+    before anything is loaded."""
+    from .accel.spec import resolve_accel, split_specs
+
+    texts = [*alias, *accels] or [default]
+    specs = [spec for text in texts for spec in split_specs(text)]
+    if not specs:
+        raise FlashuError("--accel names no configuration")
+    for spec in specs:
+        resolve_accel(spec)
+    return specs
+
+
 def _accel_options(func):
     from .accel.spec import SPEC_HELP  # light module: no torch
 
     func = click.option("--scores", "scores_files", multiple=True, type=click.Path(path_type=Path),
-                        help="Importance scores from 'flashu calibrate' (repeat for t2i and mmu); without them "
-                             "FlashU uses its calibration cache or calibrates once.")(func)
-    return click.option("--accel", default="none", show_default=True, help=f"Acceleration: {SPEC_HELP}.")(func)
+                        help="Importance scores for this command's task, from 'flashu calibrate --task t2i' "
+                             "(generate) or '--task mmu' (ask); without them FlashU uses its calibration cache or "
+                             "calibrates once.")(func)
+    return click.option("--accel", default="none", show_default=True,
+                        help=f"Acceleration (one configuration; 'flashu bench --accel a,b' compares several): "
+                             f"{SPEC_HELP}.")(func)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -100,6 +133,21 @@ def _scores(files, task: str) -> dict:
             raise FlashuError(f"two --scores files for task {item.task}; give at most one per task")
         scores[item.task] = item
     return scores
+
+
+def _compile_and_warm_up(bundle, work) -> None:
+    """``--compile``: compile, then run ``work`` once untimed so that the reported timings are the compiled
+    model's, not the compiler's (the first call of each graph compiles it; a later run with a warm cache is
+    faster). Says so on stderr."""
+    import time
+
+    from .compiled import compile as compile_bundle
+
+    _err("compiling (first call only; the timings below exclude it) …")
+    t0 = time.perf_counter()
+    compile_bundle(bundle)
+    work()
+    _err(f"compiled and warmed up in {time.perf_counter() - t0:.1f} s")
 
 
 def _finite(value: float | None, name: str, minimum: float | None = 0.0) -> None:
@@ -156,13 +204,14 @@ def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, prog
     from .pipelines.t2i import generate as run
 
     bundle = _load(model, device, dtype, tokenizer_dir, vae_dir, progress)
-    if compile_model:
-        from .compiled import compile as compile_bundle
-
-        compile_bundle(bundle)
     with accelerated(bundle, accel, task="t2i", scores=_scores(scores_files, "t2i"), progress=progress):
-        result = run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
-                     progress=progress, noise_dtype=noise_dtype)
+        def work(show: bool = False):
+            return run(bundle, list(prompts), steps=steps, guidance=guidance, seed=seed, image_size=size,
+                       progress=progress and show, noise_dtype=noise_dtype)
+
+        if compile_model:
+            _compile_and_warm_up(bundle, work)
+        result = work(show=True)
     from .io.files import save_image
 
     for image, path in zip(result.images, paths):
@@ -221,13 +270,14 @@ def ask(model, image, question, max_new_tokens, image_size, layout, progress, ac
 
     picture = load_image(image)  # fail on a bad image before loading the model
     bundle = _load(model, device, dtype, tokenizer_dir, vae_dir, progress)
-    if compile_model:
-        from .compiled import compile as compile_bundle
-
-        compile_bundle(bundle)
     with accelerated(bundle, accel, task="mmu", scores=_scores(scores_files, "mmu"), progress=progress):
-        result = answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
-                        layout=layout)
+        def work():
+            return answer(bundle, picture, question, max_new_tokens=max_new_tokens, image_size=image_size,
+                          layout=layout)
+
+        if compile_model:
+            _compile_and_warm_up(bundle, work)
+        result = work()
     click.echo(result.text)
     t = result.timings
     _err(f"encode: {t['encode'] * 1000:.1f} ms  prefill: {t['prefill'] * 1000:.1f} ms "
@@ -291,13 +341,30 @@ def calibrate(model, task, prompts_file, pairs_file, samples, out, progress, dev
 
 
 @main.command("accel-presets")
-def accel_presets():
-    """List the FlashU presets and print their JSON (a starting point for a --accel config file)."""
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Every preset as one JSON object (name -> config).")
+def accel_presets(name, as_json):
+    """List the FlashU presets as a table (what each changes per task), or print preset NAME as a JSON config file
+    to start from: 'flashu accel-presets plus > my.json', edit it, then '--accel my.json'."""
     from .accel.config import ACCEL_PRESET_NAMES, accel_preset
+    from .accel.spec import changes
 
-    for name in ACCEL_PRESET_NAMES:
-        click.echo(f"--- {name}")
+    if name is not None:
         click.echo(accel_preset(name).to_json())
+        return
+    if as_json:
+        click.echo(json.dumps({n: accel_preset(n).to_dict() for n in ACCEL_PRESET_NAMES}, indent=2))
+        return
+    width = max(len(n) for n in ACCEL_PRESET_NAMES) + 2
+    click.echo(f"{'preset':<{width}}{'task':<6}changes from the techniques-off config")
+    for preset_name in ACCEL_PRESET_NAMES:
+        diff = changes(accel_preset(preset_name))
+        if not diff:
+            click.echo(f"{preset_name:<{width}}{'-':<6}nothing (the baseline)")
+        for i, (task, fields) in enumerate(diff.items()):
+            text = ", ".join(f"{k}={v}" for k, v in fields.items()) or "(section on, every technique off)"
+            click.echo(f"{preset_name if i == 0 else '':<{width}}{task:<6}{text}")
+    click.echo("'flashu accel-presets NAME' prints one as a JSON config file (loadable with --accel FILE).")
 
 
 # ---------------------------------------------------------------------------------------------------- info
@@ -334,9 +401,7 @@ def info(model, steps, question_tokens, as_json):
 @model_option
 @click.option("--task", type=click.Choice(["t2i", "mmu", "both"]), default="both", show_default=True,
               help="Which task to benchmark.")
-@click.option("--configs", default="none,exact,paper,plus", show_default=True,
-              help="Comma-separated acceleration specs (none, exact, presets, PRESET:SECTION.FIELD=VALUE, JSON "
-                   "files).")
+@_accel_list("none,exact,paper,plus")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed interleaved rounds.")
 @click.option("--steps", type=int, default=None, help="t2i grid points (default: the model's).")
 @click.option("--guidance", type=float, default=None, help="t2i CFG scale (default: the model's).")
@@ -360,17 +425,15 @@ def info(model, steps, question_tokens, as_json):
 @progress_option
 @device_option
 @dtype_option
-def bench(model, task, configs, repeats, steps, guidance, prompts, images, questions, max_new_tokens,
+def bench(model, task, accels, configs_alias, repeats, steps, guidance, prompts, images, questions, max_new_tokens,
           mmu_workloads, official_loop, compile_model, calibration_samples, instrument, json_out, plot_out, progress,
           device, dtype):
     """Speed, FLOPs, memory and fidelity of configurations side by side (interleaved, median of repeats)."""
-    from .accel.spec import resolve_accel, split_specs
+    from .accel.spec import resolve_accel
     from .io.paths import check_text, writable_file
 
     tasks = ["t2i", "mmu"] if task == "both" else [task]
-    specs = split_specs(configs)
-    if not specs:
-        raise FlashuError("--configs names no configuration")
+    specs = _specs(accels, configs_alias, "none,exact,paper,plus")
     for t in tasks:
         for spec in specs:
             resolve_accel(spec, t)  # fail on a bad spec before loading anything
@@ -440,9 +503,7 @@ def eval_group():
 @eval_group.command("testbed")
 @click.option("--model", "-m", default="testbed", show_default=True,
               help="The shipped testbed, a save_pretrained directory, or a training run directory.")
-@click.option("--accel", "accels", multiple=True, default=("none",), show_default=True,
-              help="Acceleration spec (repeat to compare): none, exact, a preset, PRESET:SECTION.FIELD=VALUE, a "
-                   "JSON file.")
+@_accel_list("none")
 @click.option("--n-gen", type=int, default=100, show_default=True, help="Test captions to generate.")
 @click.option("--n-mmu", type=int, default=200, show_default=True, help="Test questions to answer.")
 @click.option("--split", type=click.Choice(["test", "test_heldout", "validation"]), default="test",
@@ -453,20 +514,21 @@ def eval_group():
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Prompts per generate call.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the reports here.")
 @progress_option
-def eval_testbed(model, accels, n_gen, n_mmu, split, steps, guidance, seed, batch_size, json_out, progress):
-    """Generation and understanding accuracy on the shapes world, per acceleration config, with speed."""
-    from .accel.spec import resolve_accel
+@device_option
+@dtype_option
+def eval_testbed(model, accels, configs_alias, n_gen, n_mmu, split, steps, guidance, seed, batch_size, json_out,
+                 progress, device, dtype):
+    """Generation and understanding accuracy on the testbed's worlds, per acceleration config, with speed."""
     from .io.paths import writable_file
 
-    for accel in accels:
-        resolve_accel(accel)  # fail on an unknown preset before loading anything
+    accels = _specs(accels, configs_alias, "none")  # fail on an unknown preset before loading anything
     _check_steps_seed(steps, seed)
     _finite(guidance, "--guidance")
     if json_out:
         writable_file(json_out, "--json", (".json",))
     from .testbed.evaluate import evaluate_many, format_reports, load_testbed, write_json
 
-    bundle = load_testbed(model)
+    bundle = load_testbed(model, device=device, dtype=dtype)
     reports = evaluate_many(bundle, list(accels), n_gen=n_gen, n_mmu=n_mmu, split=split, steps=steps,
                             guidance=guidance, seed=seed, batch_size=batch_size, progress=progress)
     click.echo(format_reports(reports))
@@ -477,23 +539,24 @@ def eval_testbed(model, accels, n_gen, n_mmu, split, steps, guidance, seed, batc
 @main.command()
 @click.option("--model", "-m", default="testbed", show_default=True,
               help="The shipped testbed (default), a save_pretrained directory or a training run.")
-@click.option("--configs", default="none,paper,plus", show_default=True,
-              help="Comma-separated acceleration specs to compare.")
+@_accel_list("none,paper,plus")
 @click.option("--images", "n_gen", type=int, default=8, show_default=True, help="Test captions to generate.")
 @click.option("--questions", "n_mmu", type=int, default=24, show_default=True, help="Test questions to answer.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("flashu-demo.png"), show_default=True,
               help="Image grid: one column per configuration.")
 @progress_option
-def demo(model, configs, n_gen, n_mmu, out, progress):
+@device_option
+@dtype_option
+def demo(model, accels, configs_alias, n_gen, n_mmu, out, progress, device, dtype):
     """Baseline vs FlashU on the trained testbed, offline: accuracy, speed and an image grid."""
-    from .accel.spec import split_specs
     from .io.paths import writable_file
 
+    specs = _specs(accels, configs_alias, "none,paper,plus")
     writable_file(out, "--out", (".png",))
     from .testbed.demo import run_demo
 
-    result = run_demo(model, split_specs(configs), n_gen=n_gen, n_mmu=n_mmu, out=out, progress=progress,
-                      echo=click.echo)
+    result = run_demo(model, specs, n_gen=n_gen, n_mmu=n_mmu, out=out, progress=progress, echo=click.echo,
+                      device=device, dtype=dtype)
     click.echo(f"wrote {result['grid']}")
 
 
@@ -502,7 +565,7 @@ def demo(model, configs, n_gen, n_mmu, out, progress):
 @click.option("--prompts", "prompts_source", required=True, type=click.Path(path_type=Path),
               help="Plain text (one prompt per line), DPG-Bench prompts (folder of .txt, JSON or CSV) or "
                    "GenEval metadata JSONL.")
-@click.option("--configs", default="none,paper", show_default=True, help="Comma-separated acceleration specs.")
+@_accel_list("none,paper")
 @click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Output directory (one folder per configuration).")
 @click.option("--steps", type=int, default=None, help="Grid points (default: the model's).")
@@ -513,7 +576,7 @@ def demo(model, configs, n_gen, n_mmu, out, progress):
 @progress_option
 @device_option
 @dtype_option
-def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, seed, samples_per_prompt, limit,
+def eval_t2i_command(model, prompts_source, accels, configs_alias, out_dir, steps, guidance, seed, samples_per_prompt, limit,
                      progress, device, dtype):
     """Write images per configuration in the layout external scorers expect (resumable; torchrun-shardable)."""
     from .io.paths import writable_dir
@@ -521,6 +584,7 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
     _check_steps_seed(steps, seed)
     _finite(guidance, "--guidance")
     _check_limit(limit)
+    configs = _specs(accels, configs_alias, "none,paper")
     writable_dir(out_dir, "--out")
     from .io.loading import load_model
     from .observe import distributed
@@ -543,7 +607,7 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
 @model_option
 @click.option("--data", "data_jsonl", required=True, type=click.Path(path_type=Path),
               help='JSONL of {"image": path, "question": text, "answer": text}.')
-@click.option("--configs", default="none,paper", show_default=True, help="Comma-separated acceleration specs.")
+@_accel_list("none,paper")
 @click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Output directory (one folder per configuration).")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True, help="Most answer tokens to decode.")
@@ -551,11 +615,13 @@ def eval_t2i_command(model, prompts_source, configs, out_dir, steps, guidance, s
 @progress_option
 @device_option
 @dtype_option
-def eval_mmu_command(model, data_jsonl, configs, out_dir, max_new_tokens, limit, progress, device, dtype):
+def eval_mmu_command(model, data_jsonl, accels, configs_alias, out_dir, max_new_tokens, limit, progress, device,
+                     dtype):
     """Answer accuracy per configuration (resumable; torchrun-shardable)."""
     from .io.paths import writable_dir
 
     _check_limit(limit)
+    configs = _specs(accels, configs_alias, "none,paper")
     writable_dir(out_dir, "--out")
     from .io.loading import load_model
     from .observe import distributed

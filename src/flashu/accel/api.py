@@ -39,6 +39,20 @@ class Acceleration:
     # what self-speculative decoding has earned on this model across answers (speed only; see accel/speculative)
     draft_ledger: DraftLedger = field(default_factory=DraftLedger)
 
+    def __repr__(self) -> str:
+        """One line: the config and what was applied (tensors stay out; ``.layout`` and ``.scores`` hold them)."""
+        from .spec import changes
+
+        parts = []
+        for task, fields in changes(self.config).items():
+            kept = self.layout.kept_neurons(task) if self.layout is not None else None
+            ffn = f", FFN {sum(kept)}/{sum(len(o) for o in self.layout.ffn_order)} neurons" if kept else ""
+            parts.append(f"{task}: {len(fields)} settings{ffn}")
+        scores = ", ".join(sorted(self.scores)) if self.scores else "none"
+        return f"Acceleration({self.config.name!r}; {'; '.join(parts) or 'nothing applied'}; scores: {scores})"
+
+    __str__ = __repr__
+
     def generation_policy(self):
         from .generation import FlashUGenerationPolicy
 

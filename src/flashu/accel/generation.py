@@ -58,6 +58,10 @@ class FlashUGenerationSession:
         self.share_cfg_visual = cfg.share_cfg_visual and guidance > 0
         self.counters = GenerationCounters()
 
+    def __repr__(self) -> str:
+        return (f"FlashUGenerationSession({self.schedule.num_evaluations} evaluations, full FFN from evaluation "
+                f"{self.full_start}, {self.skip_count} layers skipped, {self.counters.evaluations} run so far)")
+
     def in_full_phase(self, k: int) -> bool:
         return k >= self.full_start
 
@@ -101,7 +105,7 @@ class FlashUGenerationSession:
         return {"evaluations": c.evaluations, "full_phase_evaluations": c.full_phase,
                 "head_reused": c.head_reused, "backbone_runs": c.backbone_runs, "layer_rankings": c.rankings,
                 "layer_evaluations_skipped": c.layers_skipped, "skip_sets": c.skip_sets,
-                "prefix_computations": None if self.prefix is None else len(self.prefix.entries),
+                **({} if self.prefix is None else {"prefix_computations": len(self.prefix.entries)}),
                 "guidance": self.schedule.guidance}
 
 

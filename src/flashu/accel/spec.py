@@ -118,13 +118,19 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
-def describe(cfg: FlashUConfig) -> str:
-    """One-line JSON of what differs from the techniques-off config (for reports)."""
+def changes(cfg: FlashUConfig) -> dict[str, dict]:
+    """Per task (``t2i``/``mmu``), the fields that differ from the techniques-off config; tasks left off are absent."""
     diff = {}
-    for section, off in (("generation", "GenerationAccelConfig"), ("understanding", "UnderstandingAccelConfig")):
+    for section, task in (("generation", "t2i"), ("understanding", "mmu")):
         value = getattr(cfg, section)
         if value is None:
             continue
         base = dataclasses.asdict(type(value).off())
-        diff[section] = {k: v for k, v in dataclasses.asdict(value).items() if base[k] != v}
-    return json.dumps(diff, sort_keys=True)
+        diff[task] = {k: v for k, v in dataclasses.asdict(value).items() if base[k] != v}
+    return diff
+
+
+def describe(cfg: FlashUConfig) -> str:
+    """One-line JSON of what differs from the techniques-off config (for reports)."""
+    names = {"t2i": "generation", "mmu": "understanding"}
+    return json.dumps({names[task]: fields for task, fields in changes(cfg).items()}, sort_keys=True)

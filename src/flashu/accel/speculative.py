@@ -81,7 +81,8 @@ class SelfSpeculation:
         self.k = cfg.draft_tokens
         self.max_k = cfg.max_draft_tokens
         self.draft_layers: list[int] | None = None
-        self.rounds = self.drafted = self.accepted = 0
+        self.rounds = self.drafted = self.accepted = 0  # rounds: target forwards (a k = 0 round is a plain step)
+        self.speculative_rounds = 0  # rounds that drafted at least one token
         self.gained = self.spent = 0.0  # tokens emitted by speculative rounds / their cost in full decode steps
         self.stopped_at: int | None = None  # the round after which plain decoding was cheaper (speculation off)
         self.ledger = ledger
@@ -109,6 +110,7 @@ class SelfSpeculation:
 
     def update(self, drafted: int, accepted: int) -> None:
         self.rounds += 1
+        self.speculative_rounds += drafted > 0
         self.drafted += drafted
         self.accepted += accepted
         if drafted and self.stopped_at is None:
@@ -117,8 +119,8 @@ class SelfSpeculation:
             self.spent += spent
             if self.ledger is not None:
                 self.ledger.record(gained, spent)
-            if self.rounds >= BREAK_EVEN_ROUNDS and self.gained < self.spent:
-                self.stopped_at, self.k = self.rounds, 0  # slower than plain decoding: plain from here (lossless)
+            if self.speculative_rounds >= BREAK_EVEN_ROUNDS and self.gained < self.spent:
+                self.stopped_at, self.k = self.speculative_rounds, 0  # slower than plain decoding: plain from here (lossless)
                 return
         if self.stopped_at is not None:
             return
@@ -128,7 +130,8 @@ class SelfSpeculation:
             self.k = max(1, self.k - 1)
 
     def stats(self) -> dict:
-        return {"speculative_rounds": self.rounds, "drafted_tokens": self.drafted, "accepted_tokens": self.accepted,
+        return {"speculative_rounds": self.speculative_rounds, "drafted_tokens": self.drafted,
+                "accepted_tokens": self.accepted,
                 "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
                 "speculation_stopped_after_round": self.stopped_at,
                 "draft_layers": None if self.draft_layers is None else len(self.draft_layers)}

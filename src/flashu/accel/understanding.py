@@ -79,6 +79,11 @@ class FlashUUnderstandingSession:
         self._ranking = False
         self.speculation = SelfSpeculation(cfg, num_layers, ffn_ranges, ledger) if cfg.speculative_decoding else None
 
+    def __repr__(self) -> str:
+        kept = self.image_count if self.selector is None else self.selector.keep
+        return (f"FlashUUnderstandingSession({self.name!r}, image tokens {kept}/{self.image_count}, "
+                f"{self.skip_count} layers skipped per step, speculation {'on' if self.speculation else 'off'})")
+
     # -- decisions ----------------------------------------------------------------------------------------
     def ranks_at(self, index: int) -> bool:
         """Whether decode step ``index`` (≥ 1) runs at full depth and re-ranks the layers."""
@@ -138,7 +143,8 @@ class FlashUUnderstandingSession:
             "layer_rankings": c.rankings,
             "ranking_steps": list(c.ranking_steps),
             "skip_sets": [(s, list(layers)) for s, layers in c.skip_sets],
-            "decode_steps": c.decode_steps,
+            # target-model decode forwards, whichever loop ran them (a speculative round verifies several tokens)
+            "decode_steps": c.decode_steps + (0 if self.speculation is None else self.speculation.rounds),
             "full_depth_decode_steps": sum(1 for s in c.ranking_steps if s >= 1),
             "layers_skipped_per_step": list(steps),
             "mean_layers_skipped_per_step": (sum(steps) / len(steps)) if steps else 0.0,

@@ -88,6 +88,11 @@ class Answer:
     kept_tokens: int  # sequence positions that survived to the last layer in prefill
     stats: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        timing = ", ".join(f"{k} {v * 1000:.1f}ms" for k, v in self.timings.items())
+        return (f"Answer({self.text!r}, {len(self.token_ids)} tokens, prompt {self.prompt_tokens} tokens "
+                f"({self.kept_tokens} kept), {timing})")
+
     @property
     def decode_tokens_per_s(self) -> float:
         decode = self.timings.get("decode", 0.0)

@@ -96,6 +96,12 @@ class GenerationResult:
     timings: dict[str, float]  # seconds per phase
     stats: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        size = "x".join(str(d) for d in self.images[0].size) if self.images else "-"
+        timing = ", ".join(f"{k} {v:.3f}s" for k, v in self.timings.items())
+        return (f"GenerationResult({len(self.images)} image(s) {size}, {self.evaluations} evaluations, {timing}; "
+                f"latents {tuple(self.latents.shape)})")
+
 
 def default_generation_policy(bundle: Showo2Bundle) -> GenerationPolicy:
     """The accelerated policy when ``flashu.accelerate`` was applied to the bundle, else the baseline."""

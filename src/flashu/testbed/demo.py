@@ -16,7 +16,7 @@ DEFAULT_CONFIGS = ("none", "paper", "plus")
 
 def run_demo(model: str = "testbed", configs=DEFAULT_CONFIGS, *, n_gen: int = 8, n_mmu: int = 24,
              out: str | Path = "flashu-demo.png", calibration_samples: int = 10, progress: bool = True,
-             echo=None) -> dict:
+             echo=None, device: str = "cpu", dtype: str = "float32") -> dict:
     """Evaluate ``configs`` on a few test items, hand the results table to ``echo`` (first: nothing optional can
     keep a user from seeing them), then save the grid."""
     from ..accel.spec import resolve_accel
@@ -26,7 +26,7 @@ def run_demo(model: str = "testbed", configs=DEFAULT_CONFIGS, *, n_gen: int = 8,
         raise FlashuError("the demo needs at least one image (n_gen > 0) and n_mmu >= 0")
     for name in configs:
         resolve_accel(name)
-    bundle = load_testbed(model)
+    bundle = load_testbed(model, device=device, dtype=dtype)
     reports = evaluate_many(bundle, list(configs), n_gen=n_gen, n_mmu=n_mmu, keep_images=True,
                             calibration_samples=calibration_samples, progress=progress)
     table = format_reports(reports)

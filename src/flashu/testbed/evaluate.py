@@ -34,7 +34,7 @@ from .checker import ATTRIBUTES, check_generation, score_answer
 
 
 
-def load_testbed(model: str = "testbed", device: str = "cpu") -> Showo2Bundle:
+def load_testbed(model: str = "testbed", device: str = "cpu", dtype: str = "float32") -> Showo2Bundle:
     """The shipped testbed (``"testbed"``), a ``save_pretrained`` directory, or a training run (its directory or
     ``checkpoint.pt``: the latest checkpoint of ``python -m flashu.testbed.train``)."""
     path = Path(model)
@@ -52,7 +52,7 @@ def load_testbed(model: str = "testbed", device: str = "cpu") -> Showo2Bundle:
         return bundle
     from ..io.loading import load_model
 
-    return load_model(model, device=device, dtype="float32")
+    return load_model(model, device=device, dtype=dtype)
 
 
 def calibration_scores(bundle: Showo2Bundle, samples: int = 20, progress: bool = False) -> dict:

@@ -6,13 +6,16 @@ pixels but no answer**: a two-tone gradient, a texture (stripes or a checkerboar
 pale, unsaturated tones far from every palette colour. Most image tokens are therefore background — redundant but
 not blank, as in photographs — which is what visual-token pruning meets on a real model.
 
-Questions come in two families, each with one-word answers that exact match can score:
+Questions come in three families, each with one-word answers that exact match can score:
 
 * ``yesno`` (MME-style): "is there a red circle in the image? answer yes or no." — existence (half of the negatives
   share a colour or a shape with the scene), count and relation questions, answered ``yes`` or ``no`` in equal
   measure.
 * ``choice`` (MMBench-style): a question, lettered options on their own lines and "answer with the letter." —
   colour of a shape, shape of a colour, count, relation; the answer is the option's letter.
+* ``open``: the same four topics asked directly ("what color is the circle?"), answered with the word itself —
+  the shapes world's question style, which also teaches the model to read the new scenes (testbed v2 starts from
+  v1's weights).
 
 Every question has exactly one right answer by construction: colours are distinct within a scene (so "the red
 shape" names one), a shape is asked about by kind only when it is the only one of its kind, and relations are asked
@@ -35,7 +38,7 @@ from .world import COLOURS, PALETTE, QA, SHAPES, _stable_int, draw_shape, number
 
 SIZE = 64  # pixels per side: 16×16 = 256 image tokens at the testbed's 4 px per token
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-FAMILIES: tuple[str, ...] = ("yesno", "choice")
+FAMILIES: tuple[str, ...] = ("yesno", "choice", "open")
 BACKGROUNDS: tuple[str, ...] = ("gradient", "texture", "noise")
 SIDES: tuple[int, ...] = (12, 16)  # shape sides in pixels (the shapes world's 8/12 px at 32 px, scaled ×1.33)
 MAX_SHAPES = 4
@@ -230,14 +233,27 @@ def choice_question(scene: Scene, rng: random.Random) -> QA:
     return QA(text, letter, "choice")
 
 
-def questions(scene: Scene, rng: random.Random, per_family: int = 2) -> list[QA]:
-    """``per_family`` questions of each family, alternating (yes/no first); yes/no answers alternate yes, no."""
-    out: list[QA] = []
-    first = rng.choice(("yes", "no"))
-    for k in range(per_family):
-        out.append(yesno_question(scene, rng, first if k % 2 == 0 else ("no" if first == "yes" else "yes")))
-        out.append(choice_question(scene, rng))
-    return out
+def open_question(scene: Scene, rng: random.Random) -> QA:
+    """A direct question answered with one word (colour, shape, number word or relation)."""
+    topics = ["shape", "count"] + (["colour"] if _unique_by_shape(scene) else []) \
+        + (["relation"] if _related_pairs(scene) else [])
+    topic = rng.choice(topics)
+    if topic == "colour":
+        item = rng.choice(_unique_by_shape(scene))
+        return QA(f"what color is the {item.shape}?", item.colour, "open")
+    if topic == "shape":
+        item = rng.choice(scene.items)
+        return QA(f"what shape is the {item.colour} object?", item.shape, "open")
+    if topic == "count":
+        return QA("how many shapes are there?", number_word(len(scene.items)), "open")
+    a, b, rel = rng.choice(_related_pairs(scene))
+    return QA(f"where is the {a.name} relative to the {b.name}?", rel, "open")
+
+
+def questions(scene: Scene, rng: random.Random) -> list[QA]:
+    """One question of each family: yes/no (yes or no with equal probability), lettered choice, open."""
+    return [yesno_question(scene, rng, rng.choice(("yes", "no"))), choice_question(scene, rng),
+            open_question(scene, rng)]
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -248,7 +264,7 @@ def _bucket(scene: Scene) -> int:
 
 
 def sample(split: str, index: int) -> Example:
-    """Deterministic example ``index`` of ``split`` (image, two yes/no and two lettered-choice questions)."""
+    """Deterministic example ``index`` of ``split``: the image and one question of each family."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} of the VQA world; known: {', '.join(SPLITS)}")
     if index < 0:
