@@ -281,7 +281,8 @@ def test_reading_shows_progress_per_shard(reference, tmp_path, capsys):
 def test_loading_shows_progress_when_asked(tiny_bundle, tmp_path, monkeypatch, capsys):
     """Bars for reading the files and casting to the run's dtype (thresholds lowered: real ones start at 1 GiB)."""
     import flashu
-    from flashu.io import checkpoint, loading
+    from flashu import loading
+    from flashu.io import checkpoint
 
     directory = flashu.save_pretrained(tiny_bundle, tmp_path / "ckpt")
     capsys.readouterr()

@@ -34,7 +34,7 @@ def one_line_error(capsys, argv, needle=None):
 @pytest.fixture()
 def no_model_loading(monkeypatch):
     """Output paths must be refused before any work: loading a model fails the test."""
-    import flashu.io.loading as loading
+    import flashu.loading as loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad path was refused")

@@ -20,7 +20,7 @@ _LAZY = {
     "resolve_accel": ".accel.spec",
     "MODEL_PRESET_NAMES": ".config", "Showo2Config": ".config", "preset": ".config",
     "ExecutionPlan": ".model", "Showo2": ".model",
-    "load_model": ".io.loading", "save_pretrained": ".io.loading", "download": ".io.hub",
+    "load_model": ".loading", "save_pretrained": ".loading", "download": ".io.hub",
     "answer": ".pipelines.mmu", "generate": ".pipelines.t2i",
     "compile": ".compiled",
 }
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .compiled import compile
     from .config import MODEL_PRESET_NAMES, Showo2Config, preset
     from .io.hub import download
-    from .io.loading import load_model, save_pretrained
+    from .loading import load_model, save_pretrained
     from .model import ExecutionPlan, Showo2
     from .pipelines.mmu import answer
     from .pipelines.t2i import generate

@@ -43,7 +43,7 @@ def _elem(dtype: torch.dtype) -> int:
 
 def model_bytes(cfg: Showo2Config, dtype: torch.dtype) -> int:
     """Show-o2's parameters in ``dtype`` plus an upper bound of the VAE's (kept in fp32)."""
-    from .observe.flops import parameter_counts
+    from .sizes import parameter_counts
 
     return parameter_counts(cfg)["total"] * _elem(dtype) + 4 * vae_parameters_bound(cfg)
 
@@ -75,8 +75,10 @@ def _sequence_bytes(cfg: Showo2Config, rows: int, length: int, dtype: torch.dtyp
 
 def check_generation_fits(cfg: Showo2Config, image_size: int, prompts: int, cfg_rows: int, dtype: torch.dtype,
                           device: torch.device | str) -> None:
+    from .layout import generation_length
+
     grid = image_size // cfg.pixels_per_token
-    length = cfg.max_text_len + grid * grid + 1 + 4
+    length = generation_length(cfg, image_size)
     check_fits(f"generating {prompts} image(s) of {image_size} px ({grid * grid} image tokens, sequence {length})",
                _sequence_bytes(cfg, prompts * cfg_rows, length, dtype), device,
                f"use a smaller --size (the model's default is {cfg.image_size}) or fewer prompts at once")

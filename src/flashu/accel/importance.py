@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import ConfigError, FlashuError
 from ..model import Probe, Showo2

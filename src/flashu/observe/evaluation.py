@@ -49,7 +49,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import time
 from contextlib import contextmanager

@@ -19,62 +19,8 @@ from typing import Any
 
 from ..config import Showo2Config
 
-GENERATION_SUFFIX = 4  # [eoi] [eos] ... in the official T2I layout: max_seq_len = max_text_len + block + 4
-UNDERSTANDING_PREFIX = 15  # system prompt + "user\n" + <|vision_start|> before the time token (§2.2)
-UNDERSTANDING_SUFFIX = 4  # "\n<|im_start|>assistant\n" after the question
-
-
-# ---------------------------------------------------------------------------------------------- parameters
-def _llm_layer_params(cfg: Showo2Config) -> int:
-    llm = cfg.llm
-    H, q, kv = llm.hidden_size, llm.num_heads * llm.head_dim, llm.num_kv_heads * llm.head_dim
-    attention = H * q + q + 2 * (H * kv + kv) + q * H  # q/k/v have biases in Qwen2, o_proj has none
-    return attention + 3 * H * llm.intermediate_size + 2 * H  # SwiGLU + two RMSNorms
-
-
-def _siglip_layer_params(cfg: Showo2Config) -> int:
-    d, inner = cfg.vision.hidden_size, cfg.vision.intermediate_size
-    return 4 * (d * d + d) + 2 * d * inner + inner + d + 4 * d  # q/k/v/out, fc1/fc2, two LayerNorms (w + b)
-
-
-def _head_block_params(cfg: Showo2Config) -> int:
-    h = cfg.head
-    D, q, kv = h.hidden_size, h.num_heads * h.head_dim, h.num_kv_heads * h.head_dim
-    attention = D * q + 2 * D * kv + q * D + 2 * h.head_dim  # no biases; q_norm/k_norm
-    return attention + 3 * D * h.intermediate_size + 2 * D + D * 6 * D + 6 * D  # SwiGLU, norms, adaLN
-
-
-def has_width_projections(cfg: Showo2Config) -> bool:
-    """``time_embed_proj``/``diff_proj`` exist only when the LLM and flow-head widths differ (as upstream)."""
-    return cfg.llm.hidden_size != cfg.head.hidden_size
-
-
-def parameter_counts(cfg: Showo2Config) -> dict[str, int]:
-    """Parameters per component, equal to ``sum(p.numel())`` of ``Showo2(cfg)`` grouped by state-dict prefix.
-
-    ``llm_embeddings`` is ``showo.model.embed_tokens``; ``lm_head`` is listed only when untied (a tied head shares
-    the embedding tensor and counts once); ``llm_layers`` is the decoder stack plus the final ``model.norm``;
-    ``visual_embeds`` is the SigLIP position table plus both patch embeds.
-    """
-    llm, vis, head = cfg.llm, cfg.vision, cfg.head
-    H, D, dv, C, p = llm.hidden_size, head.hidden_size, vis.hidden_size, cfg.latent_channels, cfg.patch_size
-    counts = {"llm_embeddings": llm.vocab_size * H}
-    if not llm.tie_word_embeddings:
-        counts["lm_head"] = llm.vocab_size * H
-    counts.update({
-        "llm_layers": llm.num_layers * _llm_layer_params(cfg) + H,
-        "und_trans": vis.num_layers * _siglip_layer_params(cfg),
-        "visual_embeds": vis.position_grid ** 2 * dv + (C * p * p * dv + dv) + (C * p * p * H + H),
-        "fusion_proj": (dv + H) + (dv + H) * H + H + H * H + H,  # RMSNorm, Linear, GELU, Linear
-        "time_embed": head.time_frequency_dim * D + D + D * D + D,
-    })
-    if has_width_projections(cfg):
-        counts["time_embed_proj"] = D * H + H
-        counts["diff_proj"] = H * D + D + D * D + D
-    counts["diffusion_head_a"] = head.num_layers * _head_block_params(cfg)
-    counts["diffusion_head_b"] = D + D * cfg.patch_dim + cfg.patch_dim + D * 2 * D + 2 * D
-    counts["total"] = sum(counts.values())
-    return counts
+from ..layout import UNDERSTANDING_PREFIX, generation_length, understanding_length  # noqa: F401  (re-exported)
+from ..sizes import has_width_projections, parameter_counts  # noqa: F401  (parameter_counts is re-exported)
 
 
 # ---------------------------------------------------------------------------------------------- FLOP pieces
@@ -122,19 +68,6 @@ def _llm(cfg: Showo2Config, length: int, context: int | None = None) -> tuple[in
     context = length if context is None else context
     linear = llm.num_layers * 2 * length * _llm_token_macs(cfg)
     return linear, llm.num_layers * _attention(length, context, llm.num_heads, llm.head_dim)
-
-
-def generation_length(cfg: Showo2Config, image_size: int | None = None) -> int:
-    """Official T2I row length: ``max_text_len`` + [time token + grid² image tokens] + 4 (1024 at 432²)."""
-    grid = cfg.grid_for(image_size or cfg.image_size)
-    return cfg.max_text_len + grid * grid + 1 + GENERATION_SUFFIX
-
-
-def understanding_length(cfg: Showo2Config, question_tokens: int = 6, image_size: int | None = None,
-                         prefix_tokens: int = UNDERSTANDING_PREFIX) -> int:
-    """Official understanding prompt length: prefix + image block + question + suffix (750 + Nq at 432²)."""
-    grid = cfg.grid_for(image_size or cfg.image_size)
-    return prefix_tokens + grid * grid + 1 + 1 + question_tokens + UNDERSTANDING_SUFFIX  # block, <|vision_end|>
 
 
 def _total(flops: dict[str, float]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from torch.profiler import record_function
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError, memory_guard
+from ..layout import understanding_length, understanding_row
 from ..io.images import load_image, preprocess_image
 from ..io.paths import check_text
 from ..limits import check_answer_fits, check_understanding_fits
@@ -128,7 +129,7 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
             raise FlashuError(f"image_size must be an integer, got {image_size!r}")
         size = cfg.mmu_image_size if image_size is None else image_size  # understanding_image_size or image_size
         cfg.grid_for(size)
-        check_understanding_fits(cfg, (size // cfg.pixels_per_token) ** 2 + 64, bundle.dtype, bundle.device)
+        check_understanding_fits(cfg, understanding_length(cfg, len(q_ids), size), bundle.dtype, bundle.device)
         if image is None:
             raise FlashuError("give an image (or its latents) to ask about")
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
@@ -140,10 +141,10 @@ def build_understanding_inputs(bundle: Showo2Bundle, image: Image.Image | str | 
             latents = bundle.require_codec().encode(pixels)
     grid = latents.shape[-1] // cfg.patch_size
     block_len = grid * grid + 1
-    prefix = prompt_prefix(bundle)
-    check_understanding_fits(cfg, len(prefix) + block_len + len(q_ids) + 8, bundle.dtype, bundle.device)
-    ids = prefix + [sp.img_pad] * block_len + [sp.eoi] + q_ids + bundle.encode_text(ASSISTANT_ROLE)
-    return UnderstandingInputs(input_ids=torch.tensor([ids], device=bundle.device), time_offset=len(prefix),
+    ids, time_offset = understanding_row(prompt_prefix(bundle), block_len, q_ids, bundle.encode_text(ASSISTANT_ROLE),
+                                         sp)
+    check_understanding_fits(cfg, len(ids), bundle.dtype, bundle.device)
+    return UnderstandingInputs(input_ids=torch.tensor([ids], device=bundle.device), time_offset=time_offset,
                                block_len=block_len, latents=latents.to(bundle.device),
                                layout=layout or cfg.understanding_layout)
 

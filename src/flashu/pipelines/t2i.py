@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError, memory_guard
+from ..layout import block_length, generation_row
 from ..io.images import to_pil
 from ..io.paths import check_text
 from ..limits import check_generation_fits
@@ -113,7 +114,7 @@ def default_generation_policy(bundle: Showo2Bundle) -> GenerationPolicy:
 def build_generation_inputs(bundle: Showo2Bundle, prompts: Sequence[str], image_size: int,
                             with_uncond: bool) -> GenerationInputs:
     cfg, sp = bundle.config, bundle.special
-    block_len = cfg.grid_for(image_size) ** 2 + 1
+    block_len = block_length(cfg, image_size)
     max_text = cfg.max_text_len
     rows, offsets = [], []
     for prompt in prompts:
@@ -121,13 +122,14 @@ def build_generation_inputs(bundle: Showo2Bundle, prompts: Sequence[str], image_
         if len(ids) > max_text:
             warnings.warn(f"prompt has {len(ids)} tokens; truncated to the first {max_text}", stacklevel=3)
             ids = ids[:max_text]
-        rows.append([sp.bos, *ids, sp.boi] + [sp.img_pad] * block_len + [sp.eoi, sp.eos]
-                    + [sp.pad] * (max_text - len(ids)))
-        offsets.append(len(ids) + 2)
+        row, offset = generation_row(ids, block_len, max_text, sp)
+        rows.append(row)
+        offsets.append(offset)
     if with_uncond:
         for _ in prompts:
-            rows.append([sp.bos, sp.boi] + [sp.img_pad] * block_len + [sp.eoi, sp.eos] + [sp.pad] * max_text)
-            offsets.append(2)
+            row, offset = generation_row([], block_len, max_text, sp)
+            rows.append(row)
+            offsets.append(offset)
     device = bundle.device
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     block_offsets = torch.tensor(offsets, dtype=torch.long, device=device)

@@ -17,7 +17,6 @@ for ``mmu``), never on the evaluated split; pass ``scores`` to reuse them across
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ def load_testbed(model: str = "testbed", device: str = "cpu", dtype: str = "floa
         bundle.model.eval()
         bundle.source = str(ckpt)
         return bundle
-    from ..io.loading import load_model
+    from ..loading import load_model
 
     return load_model(model, device=device, dtype=dtype)
 
@@ -69,8 +68,16 @@ class _Items:
     qas: list[tuple[object, str, str, str]]  # image, question, answer, kind
 
 
-def split_items(split: str, n_gen: int, n_mmu: int, size: int) -> _Items:
+def split_items(split: str, n_gen: int, n_mmu: int, size: int, config=None) -> _Items:
+    """The first ``n_gen`` captions (shapes world) and ``n_mmu`` questions of ``split``: from the VQA world when
+    ``config`` is a v2 testbed's (:func:`flashu.testbed.vqa.asks`), else from the shapes world at ``size`` px."""
+    from . import vqa
+
     captions = world.prompts(split, n_gen)
+    if config is not None and vqa.asks(config):
+        if split not in vqa.SPLITS:
+            raise FlashuError(f"the VQA world has no split {split!r}; use one of {', '.join(vqa.SPLITS)}")
+        return _Items(captions, vqa.question_items(split, n_mmu))
     qas, index = [], 0
     while len(qas) < n_mmu:
         example = world.sample(split, index, size)
@@ -104,7 +111,7 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
     name = cfg.name
     steps = bundle.config.default_steps if steps is None else int(steps)
     guidance = bundle.config.default_guidance if guidance is None else float(guidance)
-    items = split_items(split, n_gen, n_mmu, bundle.config.image_size)
+    items = split_items(split, n_gen, n_mmu, bundle.config.image_size, bundle.config)
     report: dict = {"accel": name, "split": split, "model": bundle.source, "steps": steps, "guidance": guidance,
                     "seed": seed, "batch_size": batch_size, "threads": torch.get_num_threads()}
     if (cfg.needs_generation_scores or cfg.needs_understanding_scores) and scores is None:

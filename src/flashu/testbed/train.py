@@ -55,7 +55,8 @@ import torch.nn.functional as F
 
 from ..bundle import Showo2Bundle
 from ..config import Showo2Config, preset
-from ..model import Showo2, omni_attention_mask
+from ..layout import block_length
+from ..model import Showo2
 from ..model.layers import RMSNorm
 from ..model.showo2 import GenerationInputs, UnderstandingInputs, additive_mask
 from ..pipelines.mmu import ASSISTANT_ROLE, prompt_prefix, question_ids
@@ -211,7 +212,7 @@ def understanding_prefix(bundle: Showo2Bundle) -> tuple[list[int], int, int]:
     """Ids up to and including ``<|vision_end|>`` of the official understanding prompt, the time-token offset and
     the block length (time token + image tokens)."""
     sp = bundle.special
-    block_len = bundle.config.grid_for(bundle.config.mmu_image_size) ** 2 + 1
+    block_len = block_length(bundle.config, bundle.config.mmu_image_size)
     head = prompt_prefix(bundle)
     return head + [sp.img_pad] * block_len + [sp.eoi], len(head), block_len
 
@@ -487,7 +488,7 @@ def _load_weights(model: torch.nn.Module, path: Path, config: Showo2Config) -> d
     (``checkpoint.pt``, returned whole) or a :func:`flashu.save_pretrained` directory (an exported model, e.g. the
     shipped testbed: fp16 weights cast to fp32)."""
     if path.is_dir():
-        from ..io.loading import load_model
+        from ..loading import load_model
 
         loaded = load_model(str(path), device="cpu", dtype="float32")
         state = {"model": loaded.model.state_dict(), "model_config": loaded.config.to_dict()}
@@ -507,7 +508,7 @@ def export(bundle: Showo2Bundle, directory: str | Path, *, dtype: torch.dtype = 
            train_info: dict | None = None) -> Path:
     """Write the model with :func:`flashu.save_pretrained` (weights stored as ``dtype``; ``load_model`` casts them
     back to fp32 on the CPU), ``training.json`` and ``reference.json`` (outputs of the *saved* checkpoint)."""
-    from ..io.loading import load_model, save_pretrained
+    from ..loading import load_model, save_pretrained
 
     directory = Path(directory)
     model = bundle.model

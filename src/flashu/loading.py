@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ..bundle import Showo2Bundle
-from .checkpoint import PROGRESS_MIN_BYTES, load_into, read_state_dict, write_safetensors
-from ..config import MODEL_PRESET_NAMES, Showo2Config, preset
-from ..errors import CheckpointError, FlashuError, RandomWeightsWarning
-from ..limits import check_model_fits
-from ..model import Showo2
-from .tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
-from .vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
+from .bundle import Showo2Bundle
+from .io.checkpoint import PROGRESS_MIN_BYTES, load_into, read_state_dict, write_safetensors
+from .config import MODEL_PRESET_NAMES, Showo2Config, preset
+from .errors import CheckpointError, FlashuError, RandomWeightsWarning
+from .limits import check_model_fits
+from .model import Showo2
+from .io.tokenizer import SpecialTokens, build_local_tokenizer, load_tokenizer, save_tokenizer
+from .io.vae import LatentCodec, build_vae, load_vae, save_vae, seed_random_vae
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -101,7 +101,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = None, dev
         return bundle
     if name_or_path.lower() in MODEL_PRESET_NAMES:
         return _random_preset(name_or_path.lower(), dt, dev, seed)
-    from .hub import resolve_model
+    from .io.hub import resolve_model
 
     parts = resolve_model(name_or_path, tokenizer=tokenizer, vae=vae, progress=progress)  # downloads, if any, first
     config = parts.config
@@ -185,7 +185,7 @@ def save_pretrained(bundle: Showo2Bundle, directory: str | Path) -> Path:
     config: Showo2Config = bundle.config
     if bundle.source in ("tiny", "small", "1.5b", "7b") and config.tokenizer == "qwen2.5":
         config = Showo2Config.from_dict({**config.to_dict(), "tokenizer": "local-bytes"})
-    from .files import write_text
+    from .io.files import write_text
 
     write_text(out / "config.json", json.dumps(config.to_official_dict(), indent=2))
     write_safetensors(bundle.model, out)

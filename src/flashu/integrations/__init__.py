@@ -1,0 +1,1 @@
+"""Adapters that let other tools drive flashu models (each imports its tool only when that tool loads it)."""
