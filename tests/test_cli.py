@@ -27,10 +27,15 @@ def test_generate_writes_png(tmp_path, capsys):
 
 
 def test_ask_prints_answer(sample_image, capsys):
-    assert run(["ask", "--model", "tiny", "--image", str(sample_image), "--question", "what color?",
-                "--max-new-tokens", "4"]) == 0
+    import flashu
+
+    assert run(["ask", "--model", "testbed", "--image", str(sample_image), "--question", "what color is the circle?",
+                "--max-new-tokens", "8"]) == 0
     captured = capsys.readouterr()
     assert "prefill" in captured.err and "tok/s" in captured.err
+    want = flashu.answer(flashu.load_model("testbed"), str(sample_image), "what color is the circle?",
+                         max_new_tokens=8)
+    assert captured.out.strip() == want.text.strip() and want.text.strip()
 
 
 def test_info_json_for_official_size(capsys):
@@ -62,7 +67,8 @@ def test_bad_input_is_one_line(capsys, argv, needle):
 def test_unreadable_image(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    _one_line_error(capsys, ["ask", "--model", "tiny", "--image", str(bad), "--question", "q"])
+    line = _one_line_error(capsys, ["ask", "--model", "tiny", "--image", str(bad), "--question", "q"])
+    assert "bad.jpg" in line
 
 
 def test_corrupt_and_truncated_checkpoints(tmp_path, capsys, tiny_bundle):

@@ -431,7 +431,7 @@ def test_undecodable_or_deeply_nested_prompt_files(tmp_path, name, content):
     path = tmp_path / name
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(content)
-    with pytest.raises(FlashuError):
+    with pytest.raises(FlashuError, match=r"cannot read|UTF-8|nested|JSON|prompt"):
         read_t2i_prompts(path.parent if name.startswith("dpg/") else path)
 
 

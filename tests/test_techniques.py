@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import time
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ PROMPTS = ["a red circle", "a blue square left of a green triangle"]
 QUESTION = "what is left of the square?"
 STEPS, GUIDANCE, TOKENS = 12, 3.0, 6
 
-T2I = {  # name: (on, zero)
+T2I = {  # name: (on, zero): zero keeps every other setting of ``on`` and sets the technique's strength to nothing
     "ffn-pruning": (dict(prune_ratio=0.5, prune_alignment=16), dict(prune_ratio=0.0)),
     "group-pruning": (dict(attention_group_prune_ratio=0.5), dict(attention_group_prune_ratio=0.0)),
     "layer-skip": (dict(layer_skip_ratio=0.4, layer_skip_interval=4), dict(layer_skip_ratio=0.0)),
@@ -103,7 +104,8 @@ def same(task, a, b) -> bool:
 # ------------------------------------------------------------------------------------------------ 1. zero ⇒ baseline
 @pytest.mark.parametrize("task,name", CASES)
 def test_zero_is_the_baseline_bit_for_bit(bundle, scores, image, task, name):
-    _, zero = (T2I if task == "t2i" else MMU)[name]
+    on, strength = (T2I if task == "t2i" else MMU)[name]
+    zero = {**on, **strength}  # e.g. token pruning with its scorer and layer but ratio 0, hybrid FFN with ratio 0
     base_obs, acc_obs = Logits(), Logits()
     base = run(bundle, task, image=image, observer=base_obs)
     with flashu.accelerated(bundle, config(task, zero), scores=scores):
@@ -134,18 +136,24 @@ def test_concurrent_requests_are_independent(bundle, scores, image, task, name):
                 else [(QUESTION, 0), ("what colour is the circle?", 0)])
     with flashu.accelerated(bundle, config(task, on), scores=scores):
         solo = [run(bundle, task, q, image=image, seed=s) for q, s in requests]
-        results = [None, None]
+        results, spans = [None, None], [None, None]
+        barrier = threading.Barrier(2)
 
         def worker(i):
             q, s = requests[i]
-            for _ in range(2):  # overlap as much as the interpreter lets them
+            barrier.wait()  # start together
+            start = time.perf_counter()
+            for _ in range(2):  # overlap as much as the interpreter lets them (torch releases the GIL)
                 results[i] = run(bundle, task, q, image=image, seed=s)
+            spans[i] = (start, time.perf_counter())
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1  # the two requests were in flight at the same time
     for a, b in zip(results, solo):
         assert same(task, a, b)
 

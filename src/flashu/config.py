@@ -442,8 +442,8 @@ def _small() -> Showo2Config:
 
 def _small_7b() -> Showo2Config:
     """The 7B proportions at 1/8 width (hidden 448, 28 layers, GQA 7:1, FFN 2368, untied head) with ``small``'s
-    visual branch, head and VAE: an understanding query's cost shares within 0.5 points of the official 7B's,
-    where the LLM is 84 % of the work (``flashu info --model small-7b``)."""
+    visual branch, head and VAE, chosen so that an understanding query's cost shares per component match the
+    official 7B's (``flashu info --model small-7b`` against ``--model 7b``; README quotes both)."""
     cfg = _small()
     cfg.name = "small-7b"
     cfg.llm = LLMConfig(hidden_size=448, num_layers=28, num_heads=28, num_kv_heads=4, head_dim=16,

@@ -31,7 +31,7 @@ from .layer_skip import active_layers, least_important_layers, skip_count
 
 
 # A draft token costs DRAFT_OVERHEAD + (1 - DRAFT_OVERHEAD) * (share of layers it runs) full decode steps: fitted to
-# benchmarks/speculative_draft.py on `small` (0.83 / 0.66 / 0.48 of a step at draft_skip_ratio 0.25 / 0.5 / 0.75).
+# the costs `python benchmarks/speculative_draft.py` measures on `small` (quoted in docs/testbed.md).
 DRAFT_OVERHEAD = 0.3
 BREAK_EVEN_ROUNDS = 2  # rounds observed before speculation may be switched off for the rest of the answer
 

@@ -88,6 +88,19 @@ def _specs(accels, alias, default: str) -> list[str]:
     return specs
 
 
+def _run_options(func):
+    """The options every command that runs the model once shares (generate, ask), in their help order."""
+    for option in (dtype_option, device_option, vae_option, tokenizer_option, compile_option, _accel_options,
+                   progress_option):
+        func = option(func)
+    return func
+
+
+def _positive(value: int, name: str) -> None:
+    if value <= 0:
+        raise FlashuError(f"{name} must be positive, got {value}")
+
+
 def _accel_options(func):
     from ..accel.spec import SPEC_HELP  # light module: no torch
 

@@ -14,6 +14,7 @@ from .common import (
     _check_steps_seed,
     _finite,
     _load,
+    _positive,
     _specs,
     device_option,
     dtype_option,
@@ -286,8 +287,7 @@ def analyze_specialization(model, samples, top_fraction, no_loo, json_out, plot_
     """Per-layer FFN neuron importance per task, top-k overlap (paper Figure 1), cos-similarity profiles."""
     from ..io.paths import writable_file
 
-    if samples <= 0:
-        raise FlashuError(f"--samples must be positive, got {samples}")
+    _positive(samples, "--samples")
     if not 0 < top_fraction <= 1:
         raise FlashuError(f"--top-fraction must be in (0, 1], got {top_fraction}")
     if json_out:

@@ -11,6 +11,7 @@ from ..errors import FlashuError
 from .common import (
     _check_steps_seed,
     _load,
+    _positive,
     device_option,
     dtype_option,
     main,
@@ -60,8 +61,7 @@ def calibrate(model, task, prompts_file, pairs_file, samples, out, progress, dev
     """Compute task-specific Wanda importance scores for FlashU pruning."""
     from ..io.paths import writable_file
 
-    if samples <= 0:
-        raise FlashuError(f"--samples must be positive, got {samples}")
+    _positive(samples, "--samples")
     writable_file(out, "--out", (".safetensors",))
     from ..accel.calibration import calibrate as run, read_pairs, read_prompts
 

@@ -8,21 +8,15 @@ import click
 
 from ..errors import FlashuError
 from .common import (
-    _accel_options,
     _check_steps_seed,
     _compile_and_warm_up,
     _err,
     _finite,
     _load,
+    _run_options,
     _scores,
-    compile_option,
-    device_option,
-    dtype_option,
     main,
     model_option,
-    progress_option,
-    tokenizer_option,
-    vae_option,
 )
 
 
@@ -38,13 +32,7 @@ from .common import (
               help="Output image (several prompts: NAME-i.png, or a directory without an extension).")
 @click.option("--noise-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="bfloat16 rounds the initial noise as the official inference_t2i.py does.")
-@progress_option
-@_accel_options
-@compile_option
-@tokenizer_option
-@vae_option
-@device_option
-@dtype_option
+@_run_options
 def generate(model, prompts, steps, guidance, seed, size, out, noise_dtype, progress, accel, scores_files,
              compile_model, tokenizer_dir, vae_dir, device, dtype):
     """Generate images from text prompts."""
@@ -103,13 +91,7 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 @click.option("--layout", type=click.Choice(["official", "training"]), default=None,
               help="Bidirectional block of the prompt: official (inference_mmu.py) or training (mmu_dataset.py). "
                    "Default: the one the model was trained with.")
-@progress_option
-@_accel_options
-@compile_option
-@tokenizer_option
-@vae_option
-@device_option
-@dtype_option
+@_run_options
 def ask(model, image, question, max_new_tokens, image_size, layout, progress, accel, scores_files, compile_model,
         tokenizer_dir, vae_dir, device, dtype):
     """Answer a question about an image."""

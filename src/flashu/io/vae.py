@@ -88,7 +88,7 @@ class LatentCodec:
         self.vae = vae.float().eval()
         self.identity = bool(getattr(vae, "is_identity", False))
         if not self.identity:
-            # Exact for single frames and ~3–5× faster: the causal 3-D convs' zero-padded taps are skipped.
+            # Exact for single frames and faster: the causal 3-D convs' zero-padded taps are skipped.
             to_image_mode(self.vae)
         self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1)

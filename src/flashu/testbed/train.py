@@ -92,6 +92,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     flow_weight: float = 1.0
     ce_weight: float = 0.5
+    answer_weighting: str = "token"  # "answer": every answer weighs the same in the CE, whatever its token count
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
     seed: int = 0
@@ -206,6 +207,9 @@ class UnderstandingBatch:
     positions: torch.Tensor  # [B, L]
     mask: torch.Tensor  # [B, 1, L, L] additive
     targets: torch.Tensor  # [B, L] next-token labels, -100 where no loss
+    # [B, L] per-position loss weights: 1 / (tokens of its answer), so that every answer counts once whatever its
+    # length (``--answer-weighting answer``); zero where there is no loss
+    answer_weights: torch.Tensor | None = None
 
 
 def understanding_prefix(bundle: Showo2Bundle) -> tuple[list[int], int, int]:
@@ -266,8 +270,16 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
     allowed = (causal[None] & (key_prefix | same)) | (in_block[:, None] & in_block[None, :])[None]
     allowed = allowed & (seg[:, :, None] >= 0) | (same & (seg[:, :, None] < 0))
     allowed = allowed | torch.eye(L, dtype=torch.bool)[None]
+    targets = torch.tensor(rows_tgt)
+    segments = torch.tensor(rows_seg)
+    answered = (targets != -100) & (segments > 0)
+    weights = torch.zeros(targets.shape)
+    for row in range(targets.shape[0]):  # 1 / answer length, per segment
+        for n in segments[row][answered[row]].unique().tolist():
+            where = answered[row] & (segments[row] == n)
+            weights[row][where] = 1.0 / int(where.sum())
     return UnderstandingBatch(inputs, torch.tensor(rows_pos), additive_mask(allowed[:, None], torch.float32),
-                              torch.tensor(rows_tgt))
+                              targets, weights)
 
 
 def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> UnderstandingBatch:
@@ -287,9 +299,16 @@ def understanding_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> tor
     return bundle.model.showo.lm_head(out.hidden)
 
 
-def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
+def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch, per_answer: bool = False) -> torch.Tensor:
+    """Next-token cross-entropy on the answers: averaged over answer tokens, or (``per_answer``) over answers, each
+    answer's tokens averaged first — a one-letter answer then weighs as much as a spelled-out word."""
     logits = understanding_logits(bundle, batch)
-    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+    if not per_answer:
+        return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=-100,
+                             reduction="none")
+    weights = batch.answer_weights.flatten()
+    return (losses * weights).sum() / weights.sum()
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -441,7 +460,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 terms["flow"] = flow_loss(bundle, generation_batch(bundle, cfg, step))
                 loss = loss + cfg.flow_weight * terms["flow"]
             if cfg.ce_weight > 0 and cfg.mmu_batch > 0:
-                terms["ce"] = ce_loss(bundle, understanding_batch(bundle, cfg, step))
+                terms["ce"] = ce_loss(bundle, understanding_batch(bundle, cfg, step),
+                                      per_answer=cfg.answer_weighting == "answer")
                 loss = loss + cfg.ce_weight * terms["ce"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -576,6 +596,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     cfg = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "extra"})
     if cfg.autocast not in ("none", "bf16"):
         p.error(f"--autocast must be 'none' or 'bf16', got {cfg.autocast!r}")
+    if cfg.answer_weighting not in ("token", "answer"):
+        p.error(f"--answer-weighting must be 'token' or 'answer', got {cfg.answer_weighting!r}")
     return cfg, args
 
 

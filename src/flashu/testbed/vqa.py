@@ -33,8 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import ConfigError
-from .world import COLOURS, PALETTE, QA, SHAPES, _stable_int, draw_shape, number_word
+from .world import COLOURS, PALETTE, QA, SHAPES, _stable_int, draw_shape, number_word, seed_stream
 
 SIZE = 64  # pixels per side: 16×16 = 256 image tokens at the testbed's 4 px per token
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -265,11 +264,7 @@ def _bucket(scene: Scene) -> int:
 
 def sample(split: str, index: int) -> Example:
     """Deterministic example ``index`` of ``split``: the image and one question of each family."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r} of the VQA world; known: {', '.join(SPLITS)}")
-    if index < 0:
-        raise ConfigError(f"index must be >= 0, got {index}")
-    rng = random.Random(_stable_int(f"flashu-vqa-world:{split}:{index}"))
+    rng = seed_stream("flashu-vqa-world", SPLITS, split, index)
     while True:
         scene = _random_scene(rng)
         if _bucket(scene) in _BUCKETS[split]:

@@ -306,13 +306,18 @@ def _accepts(split: str, scene: Scene) -> bool:
     return not held_out and _bucket(scene) in _BUCKETS[split]
 
 
-def sample_scene(split: str, index: int) -> Scene:
-    """The ``index``-th scene of ``split``: draws from the (split, index) seed stream until the split accepts one."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+def seed_stream(world: str, splits: tuple[str, ...], split: str, index: int) -> random.Random:
+    """The (split, index) seed stream of a world, after checking the split and the index (shared by the worlds)."""
+    if split not in splits:
+        raise ConfigError(f"unknown split {split!r}; known: {', '.join(splits)}")
     if index < 0:
         raise ConfigError(f"index must be >= 0, got {index}")
-    rng = random.Random(_stable_int(f"flashu-shapes-world:{split}:{index}"))
+    return random.Random(_stable_int(f"{world}:{split}:{index}"))
+
+
+def sample_scene(split: str, index: int) -> Scene:
+    """The ``index``-th scene of ``split``: draws from the (split, index) seed stream until the split accepts one."""
+    rng = seed_stream("flashu-shapes-world", SPLITS, split, index)
     while True:  # acceptance is >= ~5 %, so this ends after a handful of draws
         scene = _random_scene(rng)
         if _accepts(split, scene):
