@@ -62,6 +62,7 @@ from ..model.showo2 import GenerationInputs, UnderstandingInputs, additive_mask
 from ..pipelines.mmu import ASSISTANT_ROLE, prompt_prefix, question_ids
 from ..pipelines.t2i import build_generation_inputs
 from ..io.files import write_json
+from ..io.images import preprocess_image
 from ..io.tokenizer import SpecialTokens, build_local_tokenizer
 from ..io.vae import LatentCodec, build_vae
 from . import vqa, world
@@ -212,11 +213,12 @@ class UnderstandingBatch:
     answer_weights: torch.Tensor | None = None
 
 
-def understanding_prefix(bundle: Showo2Bundle) -> tuple[list[int], int, int]:
-    """Ids up to and including ``<|vision_end|>`` of the official understanding prompt, the time-token offset and
-    the block length (time token + image tokens)."""
+def understanding_prefix(bundle: Showo2Bundle, image_size: int | None = None) -> tuple[list[int], int, int]:
+    """Ids up to and including ``<|vision_end|>`` of the official understanding prompt for images of ``image_size``
+    px (default: the model's understanding size), the time-token offset and the block length (time token + image
+    tokens)."""
     sp = bundle.special
-    block_len = block_length(bundle.config, bundle.config.mmu_image_size)
+    block_len = block_length(bundle.config, image_size or bundle.config.mmu_image_size)
     head = prompt_prefix(bundle)
     return head + [sp.img_pad] * block_len + [sp.eoi], len(head), block_len
 
@@ -259,7 +261,8 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
         tgt += [-100] * extra
     ids = torch.tensor(rows)
     seg = torch.tensor(rows_seg)
-    latents = bundle.codec.encode(image_tensor([image for image, _ in scenes]))
+    size = bundle.config.mmu_image_size  # as answer() preprocesses (the identity at the native size)
+    latents = bundle.codec.encode(torch.stack([preprocess_image(image, size) for image, _ in scenes]))
     inputs = UnderstandingInputs(ids, block_offset, block_len, latents, bundle.config.understanding_layout)
     start, length = inputs.attention_block
     idx = torch.arange(L)
