@@ -477,14 +477,23 @@ def _testbed() -> Showo2Config:
         patch_size=1, image_size=32, max_text_len=48, tokenizer="local-bytes",
         llm_model_path="", clip_pretrained_model_path="", default_steps=20, default_guidance=3.0,
         understanding_layout="training",  # the layout this checkpoint was trained with
-        calibration_source="vqa-world",  # testbed v2: shapes-world captions, VQA-world questions
-        understanding_image_size=64,  # v2 answers about 64 px scenes: 256 image tokens
+        calibration_source="shapes-world",
     )
+
+
+def _testbed_v2() -> Showo2Config:
+    """Testbed v2 (training; ``flashu.testbed.vqa``): the testbed's architecture, drawing the shapes world at 32 px
+    and answering VQA-world questions about 64 px scenes (256 image tokens on textured backgrounds)."""
+    cfg = _testbed()
+    cfg.name = "testbed-v2"
+    cfg.calibration_source = "vqa-world"  # shapes-world captions, VQA-world questions
+    cfg.understanding_image_size = 64
+    return cfg
 
 
 _PRESETS = {"1.5b": lambda: _official(1536), "7b": lambda: _official(3584), "tiny": _tiny, "small": _small,
             "small-7b": _small_7b,
-            "testbed": _testbed}
+            "testbed": _testbed, "testbed-v2": _testbed_v2}
 MODEL_PRESET_NAMES = tuple(_PRESETS)
 
 

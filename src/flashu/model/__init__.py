@@ -1,8 +1,8 @@
 from .plan import BASELINE, ExecutionPlan, Probe, ProbeGroup, TokenSelector
 from .cache import KVCache, additive_mask, omni_attention_mask
+from .flow_head import patchify_targets, unpatchify
 from .showo2 import (
     UNDERSTANDING_LAYOUTS, BackboneOutput, GenerationInputs, GenerationOutput, Showo2, UnderstandingInputs,
-    patchify_targets, unpatchify,
 )
 
 __all__ = [

@@ -19,9 +19,11 @@ from ..errors import ConfigError
 from .cache import KVCache, PrefixEntry, additive_mask, omni_attention_mask
 from .layers import (
     FinalLayer, FP32LayerNorm, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
-    default_inv_freq, llama3_inv_freq, modulate, rope_tables, swiglu,
+    default_inv_freq, llama3_inv_freq, rope_tables, swiglu,
 )
+from .flow_head import FlowHead
 from .plan import BASELINE, ExecutionPlan
+from .visual import VisualBranches
 
 
 @dataclass
@@ -95,7 +97,7 @@ class GenerationOutput:
     backbone: BackboneOutput | None  # None when the backbone did not run
 
 
-class Showo2(nn.Module):
+class Showo2(VisualBranches, FlowHead, nn.Module):
     """The Show-o2 network (``Showo2Qwen2_5``). Build from a :class:`Showo2Config` alone."""
 
     def __init__(self, config: Showo2Config):
@@ -199,55 +201,6 @@ class Showo2(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 module.bias.zero_()
         self.tie_weights_if_needed()
-
-    # ------------------------------------------------------------------ visual branches
-    def position_table(self, grid: int) -> torch.Tensor:
-        """SigLIP position embeddings for a ``grid``×``grid`` token grid (bicubic-interpolated if needed)."""
-        g0 = self.config.vision.position_grid
-        table = self.position_embedding(torch.arange(g0 * g0, device=self.device))
-        if grid == g0:
-            return table
-        # in the weight dtype, as the official interpolate_pos_encoding
-        square = table.reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
-        resized = F.interpolate(square, size=(grid, grid), mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1).reshape(grid * grid, -1)
-
-    def semantic_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """The understanding branch: patch embed + position table + SigLIP layers (no post-LN)."""
-        grid = latents.shape[-1] // self.config.patch_size
-        x = self.image_embedder_und(latents) + self.position_table(grid)
-        heads = self.config.vision.num_heads
-        for layer in self.und_trans.layers:
-            attn = layer.self_attn
-            h = layer.layer_norm1(x)
-            B, L, _ = h.shape
-            q = attn.q_proj(h).view(B, L, heads, -1).transpose(1, 2)
-            k = attn.k_proj(h).view(B, L, heads, -1).transpose(1, 2)
-            v = attn.v_proj(h).view(B, L, heads, -1).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, -1)
-            x = x + attn.out_proj(o)
-            h = layer.layer_norm2(x)
-            x = x + layer.mlp.fc2(F.gelu(layer.mlp.fc1(h), approximate="tanh"))
-        return x
-
-    def image_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """Fused image embeddings [B, N, H] placed into the LLM sequence (both branches + fusion)."""
-        latents = latents.to(self.dtype)
-        und = self.semantic_tokens(latents)
-        gen = self.image_embedder_gen(latents)
-        return self.fusion_proj(torch.cat([und, gen], dim=-1))
-
-    def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """:meth:`image_tokens`, labelled for the profiler (outside any compiled region)."""
-        with record_function("flashu.visual"):
-            return self.image_tokens(latents)
-
-    def time_conditioning(self, t: torch.Tensor) -> torch.Tensor:
-        """adaLN conditioning ``c`` [B, D] from raw t ∈ [0, 1]."""
-        return self.time_embed(t.reshape(-1), self.dtype)
-
-    def time_token(self, c: torch.Tensor) -> torch.Tensor:
-        return self.time_embed_proj(c) if hasattr(self, "time_embed_proj") else c
 
     def place_image_block(self, embeds: torch.Tensor, block_offsets: torch.Tensor, time_token: torch.Tensor,
                           image_tokens: torch.Tensor) -> torch.Tensor:
@@ -370,46 +323,6 @@ class Showo2(nn.Module):
             k, v = F.linear(h, wk, bk), F.linear(h, wv, bv)
         k = apply_rope(k.view(B, L, -1, d).transpose(1, 2), cos, sin)
         cache.write(i, k, v.view(B, L, -1, d).transpose(1, 2))
-
-    # ------------------------------------------------------------------ flow head
-    def run_head_blocks(self, hidden: torch.Tensor, c: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                        block_offsets: torch.Tensor, block_len: int, *, prefix: list | None = None,
-                        capture: list | None = None) -> torch.Tensor:
-        """``diff_proj`` + the adaLN blocks over the given positions (``block_offsets``/``block_len`` say which are
-        the image block, relative to ``hidden``); returns the features [B, L, D]. ``prefix``: per block, the
-        (keys, values) of earlier positions to attend first; ``capture``: a list receiving each block's
-        (keys, values)."""
-        head = self.config.head
-        x = self.diff_proj(hidden) if hasattr(self, "diff_proj") else hidden
-        B, L, _ = x.shape
-        pos = torch.arange(L, device=x.device)
-        inside = ((pos[None] >= block_offsets[:, None]) & (pos[None] < block_offsets[:, None] + block_len))[..., None]
-        inside_f = inside.to(x.dtype)
-        cos, sin = rope_tables(self.head_inv_freq, positions, x.dtype)
-        for n, block in enumerate(self.diffusion_head_a):
-            mods = block.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-            attn = block.self_attn
-            # Only image-block positions are modulated; elsewhere shift = scale = 0 and gate = 1 (exactly).
-            h = modulate(block.input_layernorm(x), inside_f * shift_msa, inside_f * scale_msa)
-            q = attn.q_norm(attn.q_proj(h).view(B, L, head.num_heads, head.head_dim)).transpose(1, 2)
-            k = attn.k_norm(attn.k_proj(h).view(B, L, head.num_kv_heads, head.head_dim)).transpose(1, 2)
-            v = attn.v_proj(h).view(B, L, head.num_kv_heads, head.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if capture is not None:
-                capture.append((k, v))
-            if prefix is not None:
-                k, v = torch.cat([prefix[n][0], k], dim=2), torch.cat([prefix[n][1], v], dim=2)
-            o = attn.o_proj(attention(q, k, v, mask).transpose(1, 2).reshape(B, L, -1))
-            x = x + torch.where(inside, gate_msa.to(x.dtype), 1) * o
-            h = modulate(block.post_attention_layernorm(x), inside_f * shift_mlp, inside_f * scale_mlp)
-            x = x + torch.where(inside, gate_mlp.to(x.dtype), 1) * swiglu(block.mlp, h)
-        return x
-
-    def velocity_from_features(self, block_features: torch.Tensor, c: torch.Tensor, grid: int) -> torch.Tensor:
-        """Final adaLN layer on the image tokens (time token dropped) + the official plain-reshape unpatchify."""
-        tokens = self.diffusion_head_b(block_features[:, 1:], c)
-        return unpatchify(tokens, grid, self.config.patch_size, self.config.latent_channels)
 
     # ------------------------------------------------------------------ one text-to-image evaluation
     def forward_generation(self, latents: torch.Tensor, t: torch.Tensor, inputs: GenerationInputs,
@@ -542,23 +455,6 @@ class Showo2(nn.Module):
         to each other (``n`` > 1: several tokens at once, e.g. drafts being verified)."""
         embeds = self.showo.model.embed_tokens(tokens)
         return self.run_backbone(embeds, positions, None, plan, cache)
-
-def unpatchify(tokens: torch.Tensor, grid: int, patch: int, channels: int) -> torch.Tensor:
-    """Show-o2's unpatchify: a plain reshape, *not* the DiT permute.
-
-    Token k's ``patch²·C`` outputs are ``patch²`` consecutive raster-order latent pixels (channel fastest), i.e.
-    pixels ``patch²·k … patch²·k + patch² − 1`` of the row-major latent — the layout the weights were trained on.
-    """
-    B = tokens.shape[0]
-    side = grid * patch
-    return tokens.reshape(B, side * side, channels).transpose(1, 2).reshape(B, channels, side, side)
-
-
-def patchify_targets(latents: torch.Tensor, patch: int) -> torch.Tensor:
-    """Inverse of :func:`unpatchify` (the training-label layout): [B, C, h, w] → [B, N, patch²·C]."""
-    B, C, H, W = latents.shape
-    return latents.reshape(B, C, H * W).transpose(1, 2).reshape(B, (H * W) // (patch * patch), patch * patch * C)
-
 
 def _group_slices(attn: nn.Module, groups: tuple[int, int], cfg):
     """(weight, bias) of q/k/v restricted to the KV-group range ``groups`` (slices, never copies)."""
