@@ -1397,8 +1397,37 @@ def disk_cases() -> list[Case]:
                  for i in range(20000)]
         (d / "q.jsonl").write_text("\n".join(lines) + "\n")
 
+    def read_only(d: Path, fx: Path) -> None:
+        full(d, fx)
+        (d / "full" / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(d / "full")], check=True)
+
+    def many_prompts(d: Path, fx: Path) -> None:
+        (d / "p.txt").write_text("".join(f"a red circle number {i}\n" for i in range(2000)))
+
     d = dict(setup=full, on_error=nothing_partial, needle="no space left", skip=skip)
+    ro = dict(setup=read_only, on_error=nothing_partial, needle=("read-only", "read only"), skip=skip)
+    sigterm = dict(terminate_after=12.0)
     return [
+        Case(C, "analyze specialization --json on a full disk",
+             ["analyze", "specialization", "--model", "tiny", "--samples", "2", "--no-loo", "--no-progress",
+              "--json", "{d}/full/a.json"], **d),
+        Case(C, "bench --plot on a full disk", ["bench", "--model", "tiny", "--task", "t2i", "--accel", "none",
+                                                "--repeats", "1", "--steps", "2", "--no-instrument", "--no-progress",
+                                                "--plot", "{d}/full/b.png"], **d),
+        Case(C, "generate onto a read-only file system", gen(out="{d}/full/img.png"), fast=True, **ro),
+        Case(C, "calibrate --out on a read-only file system",
+             ["calibrate", "--model", "tiny", "--task", "mmu", "--samples", "2", "--out", "{d}/full/s.safetensors",
+              "--no-progress"], fast=True, **ro),
+        Case(C, "API save_pretrained onto a read-only file system", api="flashu.save_pretrained(b, '{d}/full/ckpt')",
+             bundle=True, **ro),
+        Case(C, "SIGTERM during eval t2i: exit 143",
+             ["eval", "t2i", "--model", "tiny", "--prompts", "{d}/p.txt", "--accel", "none", "--steps", "2",
+              "--out", "{d}/run", "--no-progress"], setup=many_prompts, **sigterm),
+        Case(C, "SIGTERM during calibrate: exit 143, nothing written",
+             ["calibrate", "--model", "small", "--task", "t2i", "--samples", "50", "--out", "{d}/s.safetensors",
+              "--no-progress"], on_error=lambda r: "scores written" if (r.d / "s.safetensors").exists() else None,
+             **sigterm),
         Case(C, "generate two images onto a full disk", gen("--prompt", "a blue square", out="{d}/full/img.png"), **d),
         Case(C, "calibrate --out on a full disk", ["calibrate", "--model", "tiny", "--task", "mmu", "--samples", "2",
                                                    "--out", "{d}/full/s.safetensors", "--no-progress"], **d),

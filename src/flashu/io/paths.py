@@ -44,7 +44,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
         raise FlashuError(f"{what} {path} exists and is not a directory")
     if is_dir:
         if not os.access(path, os.W_OK | os.X_OK):
-            raise FlashuError(f"{what} {path} is not writable")
+            raise FlashuError(f"{what} {path} is not writable ({_why_not_writable(path)})")
         _try_create(path, what, path)
         return path
     _check_parent(path, what)
@@ -64,8 +64,18 @@ def _check_parent(path: Path, what: str) -> None:
     if not base.is_dir():
         raise FlashuError(f"{what} {path}: {base} is a file, not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise FlashuError(f"{what} {path}: cannot create files in {base} (permission denied)")
+        raise FlashuError(f"{what} {path}: cannot create files in {base} ({_why_not_writable(base)})")
     _try_create(base, what, path)
+
+
+def _why_not_writable(directory: Path) -> str:
+    """"read-only file system" when the mount is read-only, else "permission denied"."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except (OSError, AttributeError):
+        pass
+    return "permission denied"
 
 
 def _try_create(base: Path, what: str, path: Path) -> None:

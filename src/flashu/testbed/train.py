@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -97,7 +98,8 @@ class TrainConfig:
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
     seed: int = 0
-    autocast: str = "none"  # "bf16": forward passes under CPU bf16 autocast (AVX512-BF16: ~1.6x faster forward)
+    autocast: str = "none"  # "bf16": forward passes under bf16 autocast (CPUs with AVX512-BF16, GPUs)
+    device: str = "cpu"  # where the model trains ("cuda" on a GPU); batches and noise are drawn on the CPU
     checkpoint_every: int = 200
     log_every: int = 10
     extra: dict = field(default_factory=dict)
@@ -317,6 +319,16 @@ def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch, per_answer: bool = 
 # ------------------------------------------------------------------------------------------------ training
 
 
+def to_device(batch, device: torch.device):
+    """A batch (dataclass of tensors and input dataclasses) with every tensor on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    return batch
+
+
 @dataclass
 class StopRequest:
     """Signals received (SIGTERM/SIGINT) and the step at which training stopped for them."""
@@ -421,7 +433,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     config = model_config or preset(cfg.model)
     torch.manual_seed(cfg.seed)
     bundle = build_bundle(config, cfg.seed)
-    model = bundle.model.train()
+    device = torch.device(cfg.device)
+    model = bundle.model.to(device).train()
     optimizer = make_optimizer(model, cfg)
     start, elapsed = 0, 0.0
     ckpt_path = out / CHECKPOINT
@@ -457,13 +470,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         terms = {}
-        loss = torch.zeros(())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+        loss = torch.zeros((), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
             if cfg.flow_weight > 0 and cfg.gen_batch > 0:
-                terms["flow"] = flow_loss(bundle, generation_batch(bundle, cfg, step))
+                terms["flow"] = flow_loss(bundle, to_device(generation_batch(bundle, cfg, step), device))
                 loss = loss + cfg.flow_weight * terms["flow"]
             if cfg.ce_weight > 0 and cfg.mmu_batch > 0:
-                terms["ce"] = ce_loss(bundle, understanding_batch(bundle, cfg, step),
+                terms["ce"] = ce_loss(bundle, to_device(understanding_batch(bundle, cfg, step), device),
                                       per_answer=cfg.answer_weighting == "answer")
                 loss = loss + cfg.ce_weight * terms["ce"]
         optimizer.zero_grad(set_to_none=True)
@@ -494,7 +507,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             plot_losses(out)
             t_last = time.perf_counter()  # checkpoint I/O is not training time
     bar.close()
-    model.eval()
+    model.to("cpu").eval()  # exports, references and evaluation run on the CPU
     return bundle
 
 
