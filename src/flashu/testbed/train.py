@@ -95,6 +95,7 @@ class TrainConfig:
     flow_weight: float = 1.0
     ce_weight: float = 0.5
     answer_weighting: str = "token"  # "answer": every answer weighs the same in the CE, whatever its token count
+    mmu_families: str = ""  # VQA world: train only these question families (comma list; "": all) — a curriculum
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
     seed: int = 0
@@ -294,7 +295,8 @@ def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> Un
         index = rng.randrange(TRAIN_INDEX_SPACE)
         ex = vqa.sample("train", index) if vqa.asks(bundle.config) else world.sample(
             "train", index, bundle.config.mmu_image_size)
-        scenes.append((ex.image, [(qa.question, qa.answer) for qa in ex.qas]))
+        keep = set(filter(None, cfg.mmu_families.split(",")))
+        scenes.append((ex.image, [(qa.question, qa.answer) for qa in ex.qas if not keep or qa.kind in keep]))
     return pack_understanding(bundle, scenes)
 
 

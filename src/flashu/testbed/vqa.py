@@ -105,7 +105,7 @@ class Example:
     index: int
     scene: Scene
     image: Image.Image
-    qas: tuple[QA, ...]  # QA.kind is the family: "yesno" or "choice"
+    qas: tuple[QA, ...]  # QA.kind is the family: "yesno", "choice" or "open"
 
 
 # ------------------------------------------------------------------------------------------------ scenes
