@@ -1,6 +1,6 @@
 #!/bin/bash
 # Testbed v2 training on a GPU, as one call of a lent device machine: continue from the committed v2 stage
-# (checkpoints/testbed-v2-stage1, an exported model) with a fresh optimizer, write the run and the exported model
+# (checkpoints/testbed-v2-stage2-focus by default, an exported model; mix the families again) with a fresh optimizer, write the run and the exported model
 # under $OUT, and print the per-family accuracy of the result on 240 test questions.
 #   OUT=/tmp/out STEPS=6000 bash benchmarks/train_testbed_gpu.sh
 # On the CPU the same command runs with DEVICE=cpu (slowly: about 1.6 s per step on 2 cores).
@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${OUT:?set OUT to a writable directory}
 STEPS=${STEPS:-6000}
 DEVICE=${DEVICE:-cuda}
-INIT=${INIT:-checkpoints/testbed-v2-stage1}
+INIT=${INIT:-checkpoints/testbed-v2-stage2-focus}
 python -c "import torch, sys; sys.exit(0 if '$DEVICE' == 'cpu' or torch.cuda.is_available() else 'no CUDA device')"
 python -m flashu.testbed.train --model testbed-v2 --out "$OUT/run" --init "$INIT" --device "$DEVICE" --autocast bf16 \
     --steps "$STEPS" --lr 1e-3 --warmup 200 --gen-batch 32 --mmu-batch 32 --ce-weight 1.0 --answer-weighting answer \
