@@ -7,7 +7,6 @@ message on one line and exits non-zero. Anything else is a bug and keeps its tra
 from contextlib import ContextDecorator
 
 
-
 class FlashuError(Exception):
     """An error caused by user input, with a message fit to show as is."""
 

@@ -9,6 +9,7 @@ line naming the path and the cause); callers whose file is optional (the calibra
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import tempfile
@@ -57,8 +58,10 @@ def write_cause(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+@functools.cache
 def _mode() -> int:
-    """Permissions a plain ``open(path, "w")`` would give (mkstemp makes 0600 files)."""
+    """Permissions a plain ``open(path, "w")`` would give (mkstemp makes 0600 files). Read once: reading the umask
+    means setting it, which would race with other threads' file creation on every write."""
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask

@@ -65,7 +65,7 @@ from ..accel.importance import ImportanceScores
 from ..accel.spec import resolve_accel, split_specs
 from ..bundle import Showo2Bundle
 from ..errors import FlashuError, memory_guard
-from ..io.files import WriteError, save_image, write_cause, write_text
+from ..io.files import WriteError, save_image, write_cause, write_json, write_text
 
 SCHEMA = "flashu-eval"
 SCHEMA_VERSION = 1
@@ -246,13 +246,6 @@ def image_valid(path: Path) -> bool:
         return False
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    save_image(image, path, format="PNG")
-
-
-_write_text = write_text
-
-
 def _append_record(fh, path: Path, row: dict) -> None:
     """One JSON line, flushed at once: every record written before a failure is kept (a torn last line is
     skipped on resume); a full disk or a quota becomes one line naming the file."""
@@ -265,10 +258,6 @@ def _append_record(fh, path: Path, row: dict) -> None:
             raise
         raise WriteError(path, found[1] + " (the records written so far are kept: rerun the same command to "
                          "resume)", found[0]) from None
-
-
-def _write_json(path: Path, data) -> None:
-    _write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _tile(images: list[Image.Image], columns: int = 2) -> Image.Image:
@@ -311,12 +300,12 @@ def _t2i_done(fmt: str, config_dir: Path, item: PromptItem, samples: int) -> boo
 def _write_t2i_item(fmt: str, config_dir: Path, item: PromptItem, images: list[Image.Image]) -> None:
     files = t2i_files(fmt, config_dir, item, len(images))
     if fmt == "geneval":
-        _write_text(_geneval_metadata(config_dir, item), json.dumps(item.metadata) + "\n")
+        write_text(_geneval_metadata(config_dir, item), json.dumps(item.metadata) + "\n")
     if fmt == "dpg":
-        _save_png(_tile(images), files[0])
+        save_image(_tile(images), files[0], format="PNG")
         return
     for image, path in zip(images, files):
-        _save_png(image, path)
+        save_image(image, path, format="PNG")
 
 
 def _digest(rows) -> str:
@@ -352,7 +341,7 @@ def _start_runs(bundle: Showo2Bundle, task: str, parsed: dict, dirs: dict, out: 
     scores = _shared_scores(bundle, task, parsed, scores, out, calibration_samples, shard, progress)
     if shard.is_main:
         for spec in parsed:
-            _write_json(_book(out, task, dirs[spec]) / "run.json", {**common, "config": spec})
+            write_json(_book(out, task, dirs[spec]) / "run.json", {**common, "config": spec})
     return scores
 
 
@@ -460,7 +449,7 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
                     _write_t2i_item(fmt, config_dir, item, result.images)
                     done.append(item.index)
                     bar.update()
-        _write_json(book / f"t2i-rank{shard.rank}.json",
+        write_json(book / f"t2i-rank{shard.rank}.json",
                     {"rank": shard.rank, "generated": done, "seconds": seconds, "evaluations": evaluations})
     shard.barrier()
 
@@ -473,7 +462,7 @@ def eval_t2i(bundle: Showo2Bundle, prompts_source, configs: Sequence[str] | str,
                   "world_size": shard.world_size, "configs": {}}
         for spec in parsed:
             report["configs"][spec] = _merge_t2i(fmt, out, dirs[spec], items, samples, size)
-        _write_json(out / "eval_t2i.json", report)
+        write_json(out / "eval_t2i.json", report)
     return shard.broadcast(report)
 
 
@@ -491,7 +480,7 @@ def _merge_t2i(fmt: str, out: Path, name: str, items: list[PromptItem], samples:
         lines = [json.dumps({"index": it.index, "prompt": it.prompt,
                              "files": [p.name for p in t2i_files(fmt, config_dir, it, samples)]})
                  for it in items]
-        _write_text(config_dir / "prompts.jsonl", "\n".join(lines) + "\n")
+        write_text(config_dir / "prompts.jsonl", "\n".join(lines) + "\n")
     scorer = {
         "geneval": f"python evaluation/evaluate_images.py {config_dir} --outfile {config_dir}_results.jsonl",
         "dpg": f"compute_dpg_bench.py --image-root-path {config_dir} --resolution {size} --pic-num {samples}",
@@ -582,7 +571,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
                     generated += 1
                     seconds += row["seconds"]
                     bar.update()
-        _write_json(_book(out, "mmu", name) / f"mmu-rank{shard.rank}.json",
+        write_json(_book(out, "mmu", name) / f"mmu-rank{shard.rank}.json",
                     {"rank": shard.rank, "generated": generated, "seconds": seconds})
     shard.barrier()
 
@@ -593,7 +582,7 @@ def eval_mmu(bundle: Showo2Bundle, data_jsonl: str | Path, configs: Sequence[str
                   "world_size": shard.world_size, "configs": {}}
         for spec in parsed:
             report["configs"][spec] = _merge_mmu(out, dirs[spec], items)
-        _write_json(out / "eval_mmu.json", report)
+        write_json(out / "eval_mmu.json", report)
     return shard.broadcast(report)
 
 
@@ -607,7 +596,7 @@ def _merge_mmu(out: Path, name: str, items: list[MMUItem]) -> dict:
     files = _prediction_files(out, name)
     records = _read_predictions(files)
     rows = [records[it.index] for it in items if it.index in records]
-    _write_text(files[0], "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(files[0], "".join(json.dumps(r) + "\n" for r in rows))
     for part in files[1:]:
         part.unlink()
     missing = [it.id for it in items if it.index not in records]

@@ -208,45 +208,36 @@ def yesno_question(scene: Scene, rng: random.Random, answer: str) -> QA:
     return QA(text + _YESNO_TAIL, answer, "yesno")
 
 
-def choice_question(scene: Scene, rng: random.Random) -> QA:
-    """An MMBench-style question with lettered options; the answer is a letter."""
+def _direct_question(scene: Scene, rng: random.Random) -> tuple[str, str, list[str]]:
+    """A question about one topic (colour of a shape, shape of a colour, count, relation): its text, its one-word
+    answer and the other words of that topic (the wrong options of a lettered choice)."""
     topics = ["shape", "count"] + (["colour"] if _unique_by_shape(scene) else []) \
         + (["relation"] if _related_pairs(scene) else [])
     topic = rng.choice(topics)
     if topic == "colour":
         item = rng.choice(_unique_by_shape(scene))
-        text, letter = _choice(f"what color is the {item.shape}?", item.colour,
-                               [c for c in COLOURS if c != item.colour], rng)
-    elif topic == "shape":
+        return f"what color is the {item.shape}?", item.colour, [c for c in COLOURS if c != item.colour]
+    if topic == "shape":
         item = rng.choice(scene.items)
-        text, letter = _choice(f"what shape is the {item.colour} object?", item.shape,
-                               [s for s in SHAPES if s != item.shape], rng)
-    elif topic == "count":
+        return f"what shape is the {item.colour} object?", item.shape, [s for s in SHAPES if s != item.shape]
+    if topic == "count":
         n = len(scene.items)
-        text, letter = _choice("how many shapes are there?", number_word(n),
-                               [number_word(m) for m in range(1, MAX_SHAPES + 2) if m != n], rng)
-    else:
-        a, b, rel = rng.choice(_related_pairs(scene))
-        text, letter = _choice(f"where is the {a.name} relative to the {b.name}?", rel,
-                               [r for r in _REL_WORDS if r != rel], rng)
-    return QA(text, letter, "choice")
+        return "how many shapes are there?", number_word(n), [number_word(m) for m in range(1, MAX_SHAPES + 2)
+                                                              if m != n]
+    a, b, rel = rng.choice(_related_pairs(scene))
+    return f"where is the {a.name} relative to the {b.name}?", rel, [r for r in _REL_WORDS if r != rel]
+
+
+def choice_question(scene: Scene, rng: random.Random) -> QA:
+    """An MMBench-style question with lettered options; the answer is a letter."""
+    question, right, wrong = _direct_question(scene, rng)
+    return QA(*_choice(question, right, wrong, rng), "choice")
 
 
 def open_question(scene: Scene, rng: random.Random) -> QA:
     """A direct question answered with one word (colour, shape, number word or relation)."""
-    topics = ["shape", "count"] + (["colour"] if _unique_by_shape(scene) else []) \
-        + (["relation"] if _related_pairs(scene) else [])
-    topic = rng.choice(topics)
-    if topic == "colour":
-        item = rng.choice(_unique_by_shape(scene))
-        return QA(f"what color is the {item.shape}?", item.colour, "open")
-    if topic == "shape":
-        item = rng.choice(scene.items)
-        return QA(f"what shape is the {item.colour} object?", item.shape, "open")
-    if topic == "count":
-        return QA("how many shapes are there?", number_word(len(scene.items)), "open")
-    a, b, rel = rng.choice(_related_pairs(scene))
-    return QA(f"where is the {a.name} relative to the {b.name}?", rel, "open")
+    question, answer, _ = _direct_question(scene, rng)
+    return QA(question, answer, "open")
 
 
 def questions(scene: Scene, rng: random.Random) -> list[QA]:
