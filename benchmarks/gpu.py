@@ -5,7 +5,9 @@ Random weights at the official dimensions (speed does not depend on the weights)
 * Show-o2 **1.5B text-to-image**, 50 steps, ``none`` / ``exact`` / ``paper`` / ``plus``, eager and compiled
   (``torch.compile``, every configuration of a run compiled: never mixed);
 * Show-o2 **7B understanding**, short answers (≤ 2 tokens, eos honoured: the paper's latency protocol),
-  ``none`` / ``paper`` / ``plus``, with the official cache-less loop beside them.
+  ``none`` / ``paper`` / ``plus``, with the official cache-less loop beside them;
+* both again for ``plus`` beside ``plus`` with torchao's int8 and fp8 kernels (text-to-image compiled, as torchao's
+  kernels are meant to run; fp8 needs compute capability 8.9+, and ``pip install 'flashu[quant]'``).
 
 Writes ``gpu-<part>.json`` (the ``flashu bench`` report) and ``gpu.md`` (its tables) into ``--out``, for
 ``docs/benchmarks.md``. ``--dry-run`` runs the same code on the CPU with the ``tiny`` preset in seconds (CI does).
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 import flashu
+from flashu.accel.spec import split_specs
 from flashu.io.files import write_json, write_text
 from flashu.observe.bench import TaskInputs, markdown, run_benchmark, strict_json
 
@@ -30,7 +33,10 @@ PARTS = {  # name: (model, task, configs, compiled)
     "t2i-eager": ("1.5b", "t2i", "none,exact,paper,plus", False),
     "t2i-compiled": ("1.5b", "t2i", "none,exact,paper,plus", True),
     "mmu-short": ("7b", "mmu", "none,paper,plus", False),
+    "t2i-quant": ("1.5b", "t2i", "plus,plus-int8,plus:quantization.mode=fp8", True),
+    "mmu-quant": ("7b", "mmu", "plus,plus-int8,plus:quantization.mode=fp8", False),
 }
+DRY_RUN_FP8 = "plus:quantization.backend=torchao"  # fp8 needs a GPU: the dry run checks the torchao path instead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if compiled:
             flashu.compile(bundle, backend="eager" if args.dry_run else "inductor")
         inputs = TaskInputs(steps=steps, max_new_tokens=32)
-        report = run_benchmark(bundle, task, configs.split(","), repeats=repeats, inputs=inputs,
+        specs = split_specs(configs)
+        if args.dry_run:
+            specs = [DRY_RUN_FP8 if "fp8" in spec else spec for spec in specs]
+        report = run_benchmark(bundle, task, specs, repeats=repeats, inputs=inputs,
                                mmu_workloads=("short",), calibration_samples=args.calibration_samples,
                                instrument=False, progress=False)
         report["part"], report["wall_s"] = name, time.perf_counter() - t0

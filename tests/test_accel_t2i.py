@@ -209,8 +209,14 @@ def test_config_validation_names_the_field():
         accel_preset("fast")
     cfg = accel_preset("plus")
     data = json.loads(cfg.to_json())
-    assert data["schema"] == "flashu-accel" and data["version"] == 1
+    assert data["schema"] == "flashu-accel" and data["version"] == 2
     assert FlashUConfig.from_dict(data) == cfg
+    version_1 = {k: v for k, v in data.items() if k != "quantization"} | {"version": 1}  # before quantization
+    assert FlashUConfig.from_dict(version_1) == cfg
+    with pytest.raises(ConfigError, match="quantization.mode must be one of"):
+        FlashUConfig.from_dict({"quantization": {"mode": "int4"}})
+    with pytest.raises(ConfigError, match="backend fbgemm runs int8-dynamic only"):
+        FlashUConfig.from_dict({"quantization": {"mode": "fp8", "backend": "fbgemm"}})
     assert cfg.generation.lazy_backbone and cfg.generation.exact_trims
 
 

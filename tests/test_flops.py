@@ -32,7 +32,7 @@ def _component(key: str) -> str:
 
 def _build(name: str) -> Showo2:
     cfg = preset(name)
-    if name in ("1.5b", "7b"):  # shapes only: no memory, no init time
+    if name in ("1.5b", "7b", "medium"):  # shapes only: no memory, no init time
         with torch.device("meta"):
             return Showo2(cfg)
     return Showo2(cfg)

@@ -11,13 +11,17 @@ SCRIPT = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
 
 
 def test_gpu_script_dry_run(tmp_path):
+    pytest.importorskip("torchao")  # the quantization parts' dry run runs torchao's kernels on the CPU
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path), "--calibration-samples",
                            "2"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    for part in ("t2i-eager", "t2i-compiled", "mmu-short"):
+    for part in ("t2i-eager", "t2i-compiled", "mmu-short", "t2i-quant", "mmu-quant"):
         report = json.loads((tmp_path / f"gpu-{part}.json").read_text())
         assert report["schema"] == "flashu-bench" and report["part"] == part
         rows = next(iter(report["tasks"].values()))["rows"]
+        if part.endswith("quant"):
+            assert [r["config"] for r in rows][:3] == ["plus", "plus-int8", "plus:quantization.backend=torchao"]
+            continue
         assert [r["config"] for r in rows][:3] == (["none", "exact", "paper"] if part.startswith("t2i")
                                                     else ["none", "paper", "plus"])
     assert (json.loads((tmp_path / "gpu-t2i-compiled.json").read_text()))["compiled"] is True

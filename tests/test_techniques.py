@@ -8,7 +8,11 @@ For each technique (one knob switched on, every other technique off):
 4. **config JSON round-trip**;
 5. **equals an independent reference**: the output equals a reference built without the technique's code — a
    model copy with the pruned neurons or heads zeroed, or skipped layers made identities (``o_proj`` and
-   ``down_proj`` zeroed), or a denoising loop written here with the technique's rule.
+   ``down_proj`` zeroed), or a denoising loop written here with the technique's rule; quantization equals a copy
+   whose decoder linears PyTorch's own ``quantize_dynamic`` replaced.
+
+Quantization is a technique of its own section (``FlashUConfig.quantization``): its cases carry a ``quantization``
+entry, and its "zero" is the section left out.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 import flashu
 from flashu.accel.calibration import calibrate
-from flashu.accel.config import FlashUConfig, GenerationAccelConfig, UnderstandingAccelConfig
+from flashu.accel.config import FlashUConfig, GenerationAccelConfig, QuantizationConfig, UnderstandingAccelConfig
 from flashu.model import BASELINE, ExecutionPlan, Probe
 from flashu.pipelines.sampling import euler_update, guided, time_grid
 from flashu.pipelines.t2i import build_generation_inputs, initial_noise
@@ -44,6 +48,10 @@ T2I = {  # name: (on, zero): zero keeps every other setting of ``on`` and sets t
     "exact-trims": (dict(exact_trims=True), dict(exact_trims=False)),
     "prefix-reuse": (dict(prefix_reuse=True), dict(prefix_reuse=False)),
     "share-cfg-visual": (dict(share_cfg_visual=True), dict(share_cfg_visual=False)),
+    "int8": (dict(quantization={}), dict(quantization=None)),
+    "int8-pruned": (dict(prune_ratio=0.5, prune_alignment=16, full_ffn_fraction=0.5, quantization={}),
+                    dict(quantization=None, prune_ratio=0.0)),
+    "int8-torchao": (dict(quantization=dict(backend="torchao")), dict(quantization=None)),
 }
 MMU = {
     "ffn-pruning": (dict(prune_ratio=0.5, prune_alignment=16), dict(prune_ratio=0.0)),
@@ -53,14 +61,26 @@ MMU = {
                     dict(speculative_decoding=False)),
     **{f"tokens-{s}": (dict(token_prune_ratio=0.5, token_scorer=s), dict(token_prune_ratio=0.0))
        for s in ("vnorm", "knorm", "random", "attention", "query", "dart")},
+    "int8": (dict(quantization={}), dict(quantization=None)),
+    "int8-speculative": (dict(speculative_decoding=True, draft_skip_ratio=0.4, draft_tokens=2, token_prune_ratio=0.5,
+                              quantization={}),
+                         dict(quantization=None, speculative_decoding=False, token_prune_ratio=0.0)),
 }
 CASES = [("t2i", name) for name in T2I] + [("mmu", name) for name in MMU]
 
 
 def config(task: str, changes: dict) -> FlashUConfig:
+    changes = dict(changes)
+    quant = changes.pop("quantization", None)
+    if quant is not None:
+        if quant.get("backend") == "torchao":
+            pytest.importorskip("torchao")
+        quant = QuantizationConfig(**quant, **{"understanding" if task == "t2i" else "generation": False})
     if task == "t2i":
-        return FlashUConfig(name="t", generation=GenerationAccelConfig.off(**changes), understanding=None)
-    return FlashUConfig(name="u", generation=None, understanding=UnderstandingAccelConfig.off(**changes))
+        return FlashUConfig(name="t", generation=GenerationAccelConfig.off(**changes), understanding=None,
+                            quantization=quant)
+    return FlashUConfig(name="u", generation=None, understanding=UnderstandingAccelConfig.off(**changes),
+                        quantization=quant)
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +254,19 @@ def test_group_pruning_equals_zeroed_heads(bundle, scores):
 
 def test_hybrid_ffn_runs_the_full_network_in_the_last_phase(bundle, scores):
     """Pruned FFN (zeroed copy) for the first half of the evaluations, the full one after: a reference loop."""
-    on, _ = T2I["hybrid-ffn"]
-    with flashu.accelerated(bundle, config("t2i", on), scores=scores) as acc:
-        ffn, _ = kept_sets(acc, "t2i")
-        got = run(bundle, "t2i")
-        full = unpermuted(bundle, acc)
-    pruned = zeroed_copy(full, ffn_keep=ffn)
+    got, full, pruned = hybrid_run(bundle, scores, "hybrid-ffn")
     E = STEPS - 1
     want = reference_loop(full, lambda k: pruned if k < E - round(0.5 * E) else full)
     torch.testing.assert_close(got.latents, want, rtol=1e-4, atol=1e-5)
+
+
+def hybrid_run(bundle, scores, name):
+    """The accelerated run of a hybrid-FFN case, the unpermuted full model and its zeroed (pruned) copy."""
+    with flashu.accelerated(bundle, config("t2i", T2I[name][0]), scores=scores) as acc:
+        ffn, _ = kept_sets(acc, "t2i")
+        got = run(bundle, "t2i")
+        full = unpermuted(bundle, acc)
+    return got, full, zeroed_copy(full, ffn_keep=ffn)
 
 
 def reference_loop(bundle, model_at=None, *, steps=STEPS, scales=None, head_interval=0, full_start=None):
@@ -524,3 +548,72 @@ def test_draft_ledger_survives_copies():
     ledger.record(3.0, 2.0)
     for clone in (copy.deepcopy(ledger), pickle.loads(pickle.dumps(ledger))):
         assert (clone.gained, clone.spent) == (3.0, 2.0) and clone.begin()
+
+
+# ------------------------------------------------------------------------------------------------ quantization
+def dynamically_quantized(bundle):
+    """An independent model: a copy whose decoder linears PyTorch's ``quantize_dynamic`` (per-channel int8 weights,
+    int8 activations per call) replaced — no flashu code involved — but for the first and last layers, which keep
+    full precision (``quantization.protect_first_last``)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    ref = copy.deepcopy(bundle)
+    ref.acceleration = None
+    for layer in ref.model.layers[1:-1]:
+        quantize_dynamic(layer, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    return ref
+
+
+@pytest.mark.parametrize("task", ["t2i", "mmu"])
+def test_int8_equals_pytorch_dynamic_quantization(bundle, scores, image, task):
+    on, _ = (T2I if task == "t2i" else MMU)["int8"]
+    with flashu.accelerated(bundle, config(task, on), scores=scores) as acc:
+        got = run(bundle, task, image=image)
+        assert "int8-dynamic (fbgemm)" in repr(acc)
+    assert got.stats["quantized"]
+    want = run(dynamically_quantized(bundle), task, image=image)
+    if task == "t2i":
+        assert torch.equal(got.latents, want.latents)
+        assert not torch.equal(got.latents, run(bundle, task, image=image).latents)  # it did quantize
+    else:
+        assert got.token_ids == want.token_ids
+
+
+def test_int8_pruned_ffn_quantizes_the_kept_slice(bundle, scores):
+    """Hybrid FFN with int8: the pruned phase runs a quantized copy of the kept neurons, equal to quantizing a
+    zeroed copy's neurons (a zero weight row quantizes to zero); the full phase runs full precision (its default)."""
+    got, full, pruned = hybrid_run(bundle, scores, "int8-pruned")
+    E = STEPS - 1
+    quant_pruned = dynamically_quantized(pruned)
+    want = reference_loop(full, lambda k: quant_pruned if k < E - round(0.5 * E) else full)
+    # the pruned phase sums over the kept neurons only: the same products, another summation order and another
+    # activation scale for down_proj (computed over kept neurons instead of all), hence close, not equal:
+    unquantized = reference_loop(full, lambda k: pruned if k < E - round(0.5 * E) else full)
+    error, error_unquantized = (got.latents - want).abs().max(), (got.latents - unquantized).abs().max()
+    assert error < error_unquantized / 2  # close to the quantized reference, clearly not the unquantized one
+
+
+def test_int8_refusals_leave_the_model_untouched(bundle, scores):
+    from flashu.errors import ConfigError
+
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    for quant, match in ((dict(mode="fp8"), "fp8 needs a GPU"), (dict(mode="int8-weight"), "does not pay on a CPU")):
+        cfg = config("t2i", {"prune_ratio": 0.5, "prune_alignment": 16, "quantization": quant})
+        with pytest.raises(ConfigError, match=match):
+            flashu.accelerate(bundle, cfg, scores=scores)
+        assert bundle.acceleration is None
+    assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
+
+
+def test_int8_on_a_compiled_model_runs_the_full_precision_graphs(bundle, scores, image):
+    """fbgemm's kernels cannot be traced: a compiled model's sessions carry no kernels and say so."""
+    from flashu.accel.quantization import for_session
+
+    with flashu.accelerated(bundle, config("mmu", MMU["int8"][0]), scores=scores) as acc:
+        assert for_session(acc.linears, compiled=True) is None and for_session(acc.linears, compiled=False)
+        bundle.compiled = True  # what flashu.compile sets; the eager forward is enough to see the decision
+        try:
+            got = run(bundle, "mmu", image=image)
+        finally:
+            bundle.compiled = False
+    assert got.stats["quantized"] is False

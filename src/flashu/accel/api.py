@@ -19,10 +19,11 @@ from torch import nn
 
 from ..bundle import Showo2Bundle
 from ..errors import ConfigError, FlashuError
-from .config import FlashUConfig
+from .config import FlashUConfig, GenerationAccelConfig, UnderstandingAccelConfig
 from .importance import ImportanceScores
 from .layer_skip import skip_count
 from .pruning import PruningLayout, inverse, kept_count, permute_model, plan_layout
+from .quantization import QuantizedLinears, build_linears, resolve_backend
 from .speculative import DraftLedger
 from .spec import resolve_accel
 
@@ -38,6 +39,7 @@ class Acceleration:
     scores: dict | None = None  # the importance scores used, per task (reusable for the next accelerate)
     # what self-speculative decoding has earned on this model across answers (speed only; see accel/speculative)
     draft_ledger: DraftLedger = field(default_factory=DraftLedger)
+    linears: QuantizedLinears | None = None  # quantized kernels (config.quantization), shared by both tasks
 
     def __repr__(self) -> str:
         """One line: the config and what was applied (tensors stay out; ``.layout`` and ``.scores`` hold them)."""
@@ -45,6 +47,10 @@ class Acceleration:
 
         parts = []
         for task, fields in changes(self.config).items():
+            if task == "quantization":
+                parts.append(f"quantization: {self.linears.mode} ({self.linears.backend})" if self.linears
+                             else "quantization: none")
+                continue
             kept = self.layout.kept_neurons(task) if self.layout is not None else None
             ffn = f", FFN {sum(kept)}/{sum(len(o) for o in self.layout.ffn_order)} neurons" if kept else ""
             parts.append(f"{task}: {len(fields)} settings{ffn}")
@@ -56,21 +62,26 @@ class Acceleration:
     def generation_policy(self):
         from .generation import FlashUGenerationPolicy
 
-        if self.config.generation is None:
+        cfg = self.config
+        if cfg.generation is None and not cfg.quantizes("t2i"):
             return None
         layout = self.layout
-        return FlashUGenerationPolicy(self.config.generation, layout and layout.ffn_ranges["t2i"],
-                                      layout and layout.group_ranges["t2i"], name=self.config.name)
+        return FlashUGenerationPolicy(cfg.generation or GenerationAccelConfig.off(),
+                                      layout and layout.ffn_ranges["t2i"], layout and layout.group_ranges["t2i"],
+                                      name=cfg.name, linears=self.linears if cfg.quantizes("t2i") else None,
+                                      quantize_full_phase=cfg.quantizes("t2i") and cfg.quantization.full_phase)
 
     def understanding_policy(self):
         from .understanding import FlashUUnderstandingPolicy
 
-        if self.config.understanding is None:
+        cfg = self.config
+        if cfg.understanding is None and not cfg.quantizes("mmu"):
             return None
-        return FlashUUnderstandingPolicy(self.config.understanding, self.layout and self.layout.ffn_ranges["mmu"],
-                                         name=self.config.name,
+        return FlashUUnderstandingPolicy(cfg.understanding or UnderstandingAccelConfig.off(),
+                                         self.layout and self.layout.ffn_ranges["mmu"], name=cfg.name,
                                          calibrated_similarity=self.understanding_layer_similarity,
-                                         ledger=self.draft_ledger)
+                                         ledger=self.draft_ledger,
+                                         linears=self.linears if cfg.quantizes("mmu") else None)
 
 
 ScoresArg = Mapping[str, "ImportanceScores | str | Path"] | None
@@ -104,8 +115,22 @@ def accelerate(bundle: Showo2Bundle, spec: "FlashUConfig | str | Path | None" = 
             group_ratio={"t2i": gen.attention_group_prune_ratio if gen else 0.0, "mmu": 0.0},
             alignment={"t2i": gen.prune_alignment if gen else 64, "mmu": und.prune_alignment if und else 64},
         )
+    linears = None
+    if cfg.quantization is not None:  # copies the weights as the layout leaves them: permute first, then quantize
+        order = layout and (layout.ffn_order, layout.group_order)
+        if order:
+            permute_model(bundle.model, *order)
+        try:
+            linears = build_linears(bundle.model, cfg.quantization, layout and {
+                task: layout.ffn_ranges[task] for task in ("t2i", "mmu") if cfg.quantizes(task)})
+        except BaseException:
+            if order:  # never a half-modified model
+                permute_model(bundle.model, [inverse(o) for o in order[0]], [inverse(o) for o in order[1]])
+            raise
+    elif layout is not None:
         permute_model(bundle.model, layout.ffn_order, layout.group_order)
-    bundle.acceleration = Acceleration(cfg, layout, None if prior is None else [float(v) for v in prior], resolved)
+    bundle.acceleration = Acceleration(cfg, layout, None if prior is None else [float(v) for v in prior], resolved,
+                                       linears=linears)
     return bundle.acceleration
 
 
@@ -163,8 +188,10 @@ def check_supported(bundle: Showo2Bundle, cfg: FlashUConfig) -> None:
             raise ConfigError(f"{section}.prune_ratio {part.prune_ratio} with prune_alignment {part.prune_alignment} "
                               f"prunes no neuron of this model's {llm.intermediate_size}-neuron FFNs; use a smaller "
                               "prune_alignment, or prune_ratio 0 (off)")
-    if cfg.needs_generation_scores or cfg.needs_understanding_scores:
+    if cfg.needs_generation_scores or cfg.needs_understanding_scores or cfg.quantization is not None:
         _check_weights_resident(model)
+    if cfg.quantization is not None:
+        resolve_backend(cfg.quantization, next(model.parameters()).device)
 
 
 def _protected(count: int, protect: bool, num_layers: int, field: str, ratio: float) -> None:

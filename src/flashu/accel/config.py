@@ -28,10 +28,13 @@ from typing import Any
 from ..errors import ConfigError
 
 SCHEMA = "flashu-accel"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the quantization section (version 1 files, which have none, still load)
+READABLE_VERSIONS = (1, 2)
 TOKEN_SCORERS = ("vnorm", "random", "knorm", "attention", "query", "dart")
 SKIP_SCOPES = ("image", "sequence")
 TASKS = ("t2i", "mmu")
+QUANT_MODES = ("int8-dynamic", "int8-weight", "fp8")
+QUANT_BACKENDS = ("auto", "fbgemm", "torchao")
 
 
 class _Checked:
@@ -156,6 +159,39 @@ class UnderstandingAccelConfig(_Checked):
         return self.prune_ratio > 0
 
 
+@dataclass
+class QuantizationConfig(_Checked):
+    """Quantized kernels for the decoder's linear maps (``flashu.accel.quantization``), composed with every technique.
+
+    ``mode``: ``int8-dynamic`` (int8 weights, activations quantized per call), ``int8-weight`` (int8 weights,
+    activations as they are) or ``fp8`` (GPU only). ``backend``: ``fbgemm`` (PyTorch's own x86 int8 kernels, the
+    CPU choice), ``torchao`` (torchao's ``quantize_`` configs, the GPU choice) or ``auto`` (torchao on a GPU,
+    fbgemm on a CPU). The weights themselves are never changed.
+    """
+
+    mode: str = "int8-dynamic"
+    backend: str = "auto"
+    generation: bool = True  # text-to-image runs the quantized kernels
+    understanding: bool = True  # understanding runs them (prefill, and decode steps where they pay)
+    full_phase: bool = False  # also in generation's final full-network phase (off: that phase runs full precision)
+    protect_first_last: bool = True  # the first and last decoder layers keep full precision
+
+    def validate(self) -> "QuantizationConfig":
+        self._check_types("quantization")
+        if self.mode not in QUANT_MODES:
+            raise ConfigError(f"quantization.mode must be one of {', '.join(QUANT_MODES)}, got {self.mode!r}")
+        if self.backend not in QUANT_BACKENDS:
+            raise ConfigError(f"quantization.backend must be one of {', '.join(QUANT_BACKENDS)}, "
+                              f"got {self.backend!r}")
+        if self.backend == "fbgemm" and self.mode != "int8-dynamic":
+            raise ConfigError(f"quantization.backend fbgemm runs int8-dynamic only; use backend torchao for "
+                              f"{self.mode}")
+        return self
+
+    def applies_to(self, task: str) -> bool:
+        return self.generation if task == "t2i" else self.understanding
+
+
 _GENERATION_OFF = dict(prune_ratio=0.0, attention_group_prune_ratio=0.0, layer_skip_ratio=0.0, full_ffn_fraction=0.0,
                        head_cache_interval=0, step_fraction=1.0, guidance_low_factor=1.0, guidance_low_fraction=0.0,
                        lazy_backbone=False, exact_trims=False, prefix_reuse=False, share_cfg_visual=False)
@@ -171,6 +207,7 @@ class FlashUConfig:
     generation: GenerationAccelConfig | None = field(default_factory=GenerationAccelConfig)
     understanding: UnderstandingAccelConfig | None = field(default_factory=UnderstandingAccelConfig)
     calibration_samples: int = 20  # calibration prompts / image-question pairs per task
+    quantization: QuantizationConfig | None = None  # quantized kernels (None: the weights' own precision)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -183,6 +220,11 @@ class FlashUConfig:
                 raise ConfigError(f"{section} must be a {cls.__name__} or None, got {type(value).__name__}")
             if value is not None:
                 value.validate()
+        if self.quantization is not None and not isinstance(self.quantization, QuantizationConfig):
+            raise ConfigError(f"quantization must be a QuantizationConfig or None, got "
+                              f"{type(self.quantization).__name__}")
+        if self.quantization is not None:
+            self.quantization.validate()
         _positive("calibration_samples", self.calibration_samples)
         return self
 
@@ -191,7 +233,12 @@ class FlashUConfig:
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; use t2i (generation) or mmu (understanding)")
         other = "understanding" if task == "t2i" else "generation"
-        return dataclasses.replace(self.copy(), **{other: None})
+        copy = dataclasses.replace(self.copy(), **{other: None})
+        if copy.quantization is not None:
+            copy.quantization = dataclasses.replace(copy.quantization, **{other: False})
+            if not copy.quantization.applies_to(task):
+                copy.quantization = None
+        return copy
 
     def copy(self) -> "FlashUConfig":
         return FlashUConfig.from_dict(self.to_dict())
@@ -210,10 +257,11 @@ class FlashUConfig:
         schema, version = data.pop("schema", SCHEMA), data.pop("version", SCHEMA_VERSION)
         if schema != SCHEMA:
             raise ConfigError(f"not a FlashU config (schema {schema!r}, expected {SCHEMA!r})")
-        if version != SCHEMA_VERSION:
-            raise ConfigError(f"FlashU config version {version!r} is not supported (this flashu reads version "
-                              f"{SCHEMA_VERSION}); export it again with 'flashu accel-presets'")
-        sections = {"generation": GenerationAccelConfig, "understanding": UnderstandingAccelConfig}
+        if version not in READABLE_VERSIONS:
+            raise ConfigError(f"FlashU config version {version!r} is not supported (this flashu reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}); export it again with 'flashu accel-presets'")
+        sections = {"generation": GenerationAccelConfig, "understanding": UnderstandingAccelConfig,
+                    "quantization": QuantizationConfig}
         for key, section in sections.items():
             value = data.get(key)
             if value is not None:
@@ -240,6 +288,10 @@ class FlashUConfig:
 
     def needs_scores(self, task: str) -> bool:
         return self.needs_generation_scores if task == "t2i" else self.needs_understanding_scores
+
+    def quantizes(self, task: str) -> bool:
+        """Whether ``task`` runs quantized kernels (the task's section may be off: then only quantization runs)."""
+        return self.quantization is not None and self.quantization.applies_to(task)
 
 
 def _build(cls, data: dict, section: str | None):
@@ -304,10 +356,10 @@ def _paper() -> FlashUConfig:
     return FlashUConfig(name="paper", generation=GenerationAccelConfig(), understanding=UnderstandingAccelConfig())
 
 
-# plus, understanding: what keeps >= 97 % of the trained testbed's baseline accuracy in every question kind
-# (docs/testbed.md): the understanding FFN (r_p 0.2: 100 % retention) and lossless self-speculative decoding in place
-# of lossy layer skipping (r_LS 0.2 alone: 59 %); no visual-token pruning (the best scorer, dart, keeps 98 % overall
-# at rho 0.25 but 95 % of one kind). The draft depth was chosen by measurement (benchmarks/speculative_draft.py).
+# plus, understanding: what keeps >= 97 % of the trained testbed's baseline accuracy in every question kind: the
+# understanding FFN and lossless self-speculative decoding in place of lossy layer skipping; no visual-token pruning,
+# which fell below that bar in some question kind (docs/testbed.md has the measurements). The draft depth was chosen
+# by measurement (benchmarks/speculative_draft.py).
 PLUS_UNDERSTANDING = dict(layer_skip_ratio=0.0, token_prune_ratio=0.0, speculative_decoding=True,
                           draft_skip_ratio=0.5)
 
@@ -317,6 +369,14 @@ def _plus() -> FlashUConfig:
     cfg.name = "plus"
     cfg.generation = dataclasses.replace(cfg.generation, lazy_backbone=True, **EXACT_GENERATION)
     cfg.understanding = dataclasses.replace(cfg.understanding, **PLUS_UNDERSTANDING)
+    return cfg
+
+
+def _plus_int8() -> FlashUConfig:
+    """``plus`` with int8 kernels (dynamic activations): fbgemm on a CPU, torchao on a GPU."""
+    cfg = _plus()
+    cfg.name = "plus-int8"
+    cfg.quantization = QuantizationConfig()
     return cfg
 
 
@@ -334,6 +394,7 @@ ACCEL_PRESETS = {
     "exact": _exact,
     "paper": _paper,
     "plus": _plus,
+    "plus-int8": _plus_int8,
     # The paper's Table 4 ablations (generation side)
     "no-layer-skip": _ablation("no-layer-skip", layer_skip_ratio=0.0),
     "no-hybrid-ffn": _ablation("no-hybrid-ffn", full_ffn_fraction=0.0),

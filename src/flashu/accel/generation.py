@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 
 from ..model import ExecutionPlan, GenerationInputs, GenerationOutput
 from ..model.cache import PrefixCache
+from ..model.layers import LinearKernels
 from .config import GenerationAccelConfig
 from .guidance import denoising_schedule, full_phase_start
 from .head_cache import HeadCache
 from .layer_skip import active_layers, least_important_layers, skip_count
+from .quantization import for_session
 
 
 @dataclass
@@ -42,8 +44,11 @@ class FlashUGenerationSession:
     """Per-request decisions and state of one generation (implements ``GenerationSession``)."""
 
     def __init__(self, cfg: GenerationAccelConfig, num_layers: int, ffn_ranges, attention_ranges,
-                 inputs: GenerationInputs, steps: int, guidance: float):
+                 inputs: GenerationInputs, steps: int, guidance: float, linears: LinearKernels | None = None,
+                 quantize_full_phase: bool = False):
         self.cfg = cfg
+        self.linears = linears
+        self.quantize_full_phase = quantize_full_phase
         self.num_layers = num_layers
         self.schedule = denoising_schedule(cfg, steps, guidance)
         self.full_start = full_phase_start(cfg, self.schedule.num_evaluations)
@@ -82,6 +87,7 @@ class FlashUGenerationSession:
             similarity=self.token_scope if rank else None,
             prefix=self.prefix,
             share_cfg_visual=self.share_cfg_visual,
+            linears=None if full and not self.quantize_full_phase else self.linears,
         )
 
     def observe(self, k: int, output: GenerationOutput) -> None:
@@ -106,6 +112,7 @@ class FlashUGenerationSession:
                 "head_reused": c.head_reused, "backbone_runs": c.backbone_runs, "layer_rankings": c.rankings,
                 "layer_evaluations_skipped": c.layers_skipped, "skip_sets": c.skip_sets,
                 **({} if self.prefix is None else {"prefix_computations": len(self.prefix.entries)}),
+                "quantized": self.linears is not None,
                 "guidance": self.schedule.guidance}
 
 
@@ -117,7 +124,11 @@ class FlashUGenerationPolicy:
     ffn_ranges: list | None
     attention_ranges: list | None
     name: str = "flashu"
+    linears: LinearKernels | None = None  # quantized kernels (model-level, read-only)
+    quantize_full_phase: bool = False  # the final full-network phase runs them too
 
     def start(self, bundle, inputs, steps, guidance) -> FlashUGenerationSession:
         return FlashUGenerationSession(self.config, bundle.config.llm.num_layers, self.ffn_ranges,
-                                       self.attention_ranges, inputs, steps, guidance)
+                                       self.attention_ranges, inputs, steps, guidance,
+                                       linears=for_session(self.linears, bundle.compiled),
+                                       quantize_full_phase=self.quantize_full_phase)

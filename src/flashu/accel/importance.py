@@ -22,8 +22,8 @@ from safetensors import safe_open
 
 from ..errors import ConfigError, FlashuError
 from ..model import Probe, Showo2
+from .config import TASKS
 
-TASKS = ("t2i", "mmu")
 SCORES_FORMAT = "flashu-importance-v1"
 
 

@@ -7,7 +7,8 @@ A spec is one of:
 * a preset name (``flashu accel-presets`` lists them: ``paper``, ``plus``, the ablations…);
 * a FlashU config JSON file (its path; ``schema``/``version`` checked);
 * either of the last two followed by overrides: ``paper:understanding.token_scorer=random,generation.prune_ratio=0.3``
-  (``SECTION.FIELD=VALUE``, comma-separated; values are parsed as the field's type);
+  (``SECTION.FIELD=VALUE``, comma-separated; values are parsed as the field's type); a ``quantization.`` override
+  adds the quantization section when the base has none (``plus:quantization.mode=int8-dynamic``);
 * a :class:`FlashUConfig` (Python API).
 
 :func:`resolve_accel` turns a spec into a validated :class:`FlashUConfig`, restricted to one task when asked.
@@ -20,7 +21,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .config import ACCEL_PRESET_NAMES, ACCEL_PRESETS, FlashUConfig, accel_preset
+from .config import ACCEL_PRESET_NAMES, ACCEL_PRESETS, FlashUConfig, QuantizationConfig, accel_preset
 
 SPEC_HELP = ("none | exact | a preset (see 'flashu accel-presets') | a FlashU config JSON file, optionally followed "
              "by :SECTION.FIELD=VALUE,... overrides")
@@ -78,8 +79,10 @@ def apply_overrides(cfg: FlashUConfig, overrides: str) -> FlashUConfig:
         section, dot, name = key.strip().partition(".")
         if not eq or not dot:
             raise ConfigError(f"bad override {item!r}; use SECTION.FIELD=VALUE, e.g. generation.prune_ratio=0.3")
-        if section not in ("generation", "understanding"):
-            raise ConfigError(f"bad override {item!r}: the section is generation or understanding")
+        if section not in ("generation", "understanding", "quantization"):
+            raise ConfigError(f"bad override {item!r}: the section is generation, understanding or quantization")
+        if section == "quantization" and data[section] is None:
+            data[section] = dataclasses.asdict(QuantizationConfig())
         if data[section] is None:
             raise ConfigError(f"bad override {item!r}: this configuration has no {section} section")
         if name not in data[section]:
@@ -119,7 +122,8 @@ def split_specs(text: str) -> list[str]:
 
 
 def changes(cfg: FlashUConfig) -> dict[str, dict]:
-    """Per task (``t2i``/``mmu``), the fields that differ from the techniques-off config; tasks left off are absent."""
+    """Per task (``t2i``/``mmu``), the fields that differ from the techniques-off config; tasks left off are absent;
+    ``quantization``: its section, when there is one."""
     diff = {}
     for section, task in (("generation", "t2i"), ("understanding", "mmu")):
         value = getattr(cfg, section)
@@ -127,10 +131,12 @@ def changes(cfg: FlashUConfig) -> dict[str, dict]:
             continue
         base = dataclasses.asdict(type(value).off())
         diff[task] = {k: v for k, v in dataclasses.asdict(value).items() if base[k] != v}
+    if cfg.quantization is not None:
+        diff["quantization"] = dataclasses.asdict(cfg.quantization)
     return diff
 
 
 def describe(cfg: FlashUConfig) -> str:
     """One-line JSON of what differs from the techniques-off config (for reports)."""
-    names = {"t2i": "generation", "mmu": "understanding"}
+    names = {"t2i": "generation", "mmu": "understanding", "quantization": "quantization"}
     return json.dumps({names[task]: fields for task, fields in changes(cfg).items()}, sort_keys=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 
 from ..model import ExecutionPlan
+from ..model.layers import LinearKernels
 from .config import UnderstandingAccelConfig
 from .layer_skip import active_layers, least_important_layers, skip_count
 
@@ -74,8 +75,10 @@ class DraftLedger:
 class SelfSpeculation:
     """Per-answer state of self-speculative decoding (lives in the understanding session)."""
 
-    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ffn_ranges, ledger: DraftLedger | None = None):
+    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ffn_ranges, ledger: DraftLedger | None = None,
+                 linears: LinearKernels | None = None):
         self.num_layers = num_layers
+        self.linears = linears
         self.ffn_ranges = ffn_ranges
         self.skip = skip_count(cfg.draft_skip_ratio, num_layers, "understanding.draft_skip_ratio")
         self.k = cfg.draft_tokens
@@ -99,10 +102,10 @@ class SelfSpeculation:
         return max(0, min(self.k, remaining - 1))
 
     def draft_plan(self) -> ExecutionPlan:
-        return ExecutionPlan(layers=self.draft_layers, ffn_ranges=self.ffn_ranges, logits="last")
+        return ExecutionPlan(layers=self.draft_layers, ffn_ranges=self.ffn_ranges, logits="last", linears=self.linears)
 
     def verify_plan(self) -> ExecutionPlan:
-        return ExecutionPlan(ffn_ranges=self.ffn_ranges, logits="all")
+        return ExecutionPlan(ffn_ranges=self.ffn_ranges, logits="all", linears=self.linears)
 
     def draft_cost(self) -> float:
         """One draft token's cost in full decode steps: ``DRAFT_OVERHEAD + (1 − DRAFT_OVERHEAD) · layers run``."""

@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..model import BackboneOutput, ExecutionPlan
+from ..model.layers import LinearKernels
 from .config import UnderstandingAccelConfig
 from .layer_skip import active_layers, least_important_layers, skip_count
 from .speculative import DraftLedger, SelfSpeculation
+from .quantization import for_session
 from .token_pruning import make_selector
 
 
@@ -55,8 +57,10 @@ class FlashUUnderstandingSession:
     and reads what the forward returned."""
 
     def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, inputs, ffn_ranges, name: str = "flashu",
-                 calibrated_similarity: list[float] | None = None, ledger: DraftLedger | None = None):
+                 calibrated_similarity: list[float] | None = None, ledger: DraftLedger | None = None,
+                 linears: LinearKernels | None = None):
         self.cfg = cfg
+        self.linears = linears
         self.name = name
         self.inputs = inputs
         self.num_layers = num_layers
@@ -77,7 +81,8 @@ class FlashUUnderstandingSession:
             self._prefill_layers = active_layers(self.skipped, num_layers)
             self.counters.prefill_layers_skipped = len(self.skipped)
         self._ranking = False
-        self.speculation = SelfSpeculation(cfg, num_layers, ffn_ranges, ledger) if cfg.speculative_decoding else None
+        self.speculation = SelfSpeculation(cfg, num_layers, ffn_ranges, ledger, linears) \
+            if cfg.speculative_decoding else None
 
     def __repr__(self) -> str:
         kept = self.image_count if self.selector is None else self.selector.keep
@@ -95,13 +100,14 @@ class FlashUUnderstandingSession:
         measure = self._ranking or self.speculation is not None
         # a layer skipped in prefill still writes the prompt's keys/values, or it would later decode blind
         return ExecutionPlan(layers=self._prefill_layers, ffn_ranges=self.ffn_ranges, token_selector=self.selector,
-                             logits="last", fill_skipped_kv=True, similarity="last" if measure else None)
+                             logits="last", fill_skipped_kv=True, similarity="last" if measure else None,
+                             linears=self.linears)
 
     def decode_plan(self, index: int) -> ExecutionPlan:
         self._ranking = self.ranks_at(index)
         return ExecutionPlan(layers=None if self._ranking else active_layers(self.skipped, self.num_layers),
                              ffn_ranges=self.ffn_ranges, logits="last", fill_skipped_kv=self.cfg.fill_skipped_kv,
-                             similarity="last" if self._ranking else None)
+                             similarity="last" if self._ranking else None, linears=self.linears)
 
     def observe(self, index: int, output: BackboneOutput) -> None:
         c = self.counters
@@ -129,6 +135,7 @@ class FlashUUnderstandingSession:
         steps = c.skipped_per_step
         return {
             "policy": self.name,
+            "quantized": self.linears is not None,
             "ffn_pruned": self.ffn_ranges is not None,
             "ffn_neurons_kept": None if self.ffn_ranges is None else [b - a for a, b in self.ffn_ranges],
             "image_tokens": self.image_count,
@@ -164,8 +171,9 @@ class FlashUUnderstandingPolicy:
     name: str = "flashu"
     calibrated_similarity: list[float] | None = None
     ledger: DraftLedger | None = None  # speculation's account across answers (model-level, see accel/speculative)
+    linears: LinearKernels | None = None  # quantized kernels (model-level, read-only)
 
     def start(self, bundle, inputs) -> FlashUUnderstandingSession:
         return FlashUUnderstandingSession(self.config, bundle.config.llm.num_layers, inputs, self.ffn_ranges,
                                           name=self.name, calibrated_similarity=self.calibrated_similarity,
-                                          ledger=self.ledger)
+                                          ledger=self.ledger, linears=for_session(self.linears, bundle.compiled))

@@ -16,8 +16,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), as a shell reports a job its scheduler stopped
 DEFAULT_MODEL = "testbed"
-MODEL_HELP = ("testbed (the trained model shipped with flashu), tiny/small/small-7b/1.5b/7b (random weights, for "
-              "speed), a local checkpoint directory or a hub id (owner/name).")
+MODEL_HELP = ("testbed (the trained model shipped with flashu), tiny/small/small-7b/medium/1.5b/7b (random weights, "
+              "for speed), a local checkpoint directory or a hub id (owner/name).")
 MAX_STEPS = 10_000
 MAX_SEED = 2**63 - 1
 

@@ -96,7 +96,8 @@ def accel_presets(name, as_json):
             click.echo(f"{preset_name:<{width}}{'-':<6}nothing (the baseline)")
         for i, (task, fields) in enumerate(diff.items()):
             text = ", ".join(f"{k}={v}" for k, v in fields.items()) or "(section on, every technique off)"
-            click.echo(f"{preset_name if i == 0 else '':<{width}}{task:<6}{text}")
+            label = "quant" if task == "quantization" else task
+            click.echo(f"{preset_name if i == 0 else '':<{width}}{label:<6}{text}")
     click.echo("'flashu accel-presets NAME' prints one as a JSON config file (loadable with --accel FILE).")
 
 

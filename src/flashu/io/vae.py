@@ -17,9 +17,13 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKLWan
-from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from torch.nn.functional import pixel_shuffle, pixel_unshuffle
+
+from .quiet import quiet_import
+
+with quiet_import():
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from .vae_image_mode import to_image_mode
 from ..config import VAEConfig

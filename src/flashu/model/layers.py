@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -120,21 +121,49 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
 
-def swiglu(mlp: nn.Module, x: torch.Tensor, neurons: tuple[int, int] | None = None,
-           probe_hook=None) -> torch.Tensor:
-    """``down(silu(gate(x)) * up(x))``: all neurons through the modules, or the contiguous range ``neurons`` as
-    weight slices (never copies)."""
-    if neurons is None:
-        act = F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
-        if probe_hook is not None:
-            probe_hook(act)
-        return mlp.down_proj(act)
-    start, stop = neurons
-    wg, wu, wd = mlp.gate_proj.weight[start:stop], mlp.up_proj.weight[start:stop], mlp.down_proj.weight[:, start:stop]
-    act = F.silu(F.linear(x, wg)) * F.linear(x, wu)
+Range = tuple[int, int]
+
+
+class LinearKernels(Protocol):
+    """Another way to compute the decoder's linear maps (quantized kernels, :mod:`flashu.accel.quantization`).
+
+    ``kernels(module, x, rows, cols)`` returns ``F.linear(x, W[rows, cols], b[rows])`` of ``module`` (``None``: the
+    whole dimension), computed its own way; the module's weights are never changed. ``compiles``: whether
+    ``torch.compile(fullgraph=True)`` can trace it (a compiled model runs the plain weights otherwise).
+    """
+
+    compiles: bool
+
+    def __call__(self, module: nn.Linear, x: torch.Tensor, rows: Range | None, cols: Range | None) -> torch.Tensor:
+        ...
+
+
+def linear(module: nn.Linear, x: torch.Tensor, rows: Range | None = None, cols: Range | None = None,
+           kernels: LinearKernels | None = None) -> torch.Tensor:
+    """``module`` applied to ``x``, restricted to the output ``rows`` and input ``cols`` ranges: through the module
+    when whole (hooks that offload or dispatch weights see the call), as weight slices otherwise (never copies), or
+    by ``kernels`` when given."""
+    if kernels is not None:
+        return kernels(module, x, rows, cols)
+    if rows is None and cols is None:
+        return module(x)
+    weight, bias = module.weight, module.bias
+    if rows is not None:
+        weight = weight[rows[0]:rows[1]]
+        bias = None if bias is None else bias[rows[0]:rows[1]]
+    if cols is not None:
+        weight = weight[:, cols[0]:cols[1]]
+    return F.linear(x, weight, bias)
+
+
+def swiglu(mlp: nn.Module, x: torch.Tensor, neurons: Range | None = None, probe_hook=None,
+           kernels: LinearKernels | None = None) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))``: all neurons, or the contiguous range ``neurons`` (see :func:`linear`)."""
+    act = F.silu(linear(mlp.gate_proj, x, neurons, kernels=kernels)) * linear(mlp.up_proj, x, neurons,
+                                                                                kernels=kernels)
     if probe_hook is not None:
         probe_hook(act)
-    return F.linear(act, wd)
+    return linear(mlp.down_proj, act, cols=neurons, kernels=kernels)
 
 
 class FlowHeadAttention(nn.Module):

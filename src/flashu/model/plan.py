@@ -16,6 +16,8 @@ from typing import Literal, Protocol, Sequence
 
 import torch
 
+from .layers import LinearKernels
+
 LogitsMode = Literal["none", "last", "all"]
 
 
@@ -101,6 +103,7 @@ class ExecutionPlan:
         share_cfg_visual: the rows are [conditional; unconditional] with the same latents: run the visual
             branches on the first half only.
         probe: observer of the backbone, for tools (calibration, analysis); deciders read outputs instead.
+        linears: other kernels for the decoder's linear maps (quantization; ``None``: the weights as they are).
     """
 
     layers: Sequence[int] | None = None
@@ -116,13 +119,15 @@ class ExecutionPlan:
     prefix: object | None = field(default=None, compare=False)
     share_cfg_visual: bool = False
     probe: Probe | None = field(default=None, compare=False)
+    linears: LinearKernels | None = field(default=None, compare=False)
 
     def with_(self, **changes) -> "ExecutionPlan":
         return replace(self, **changes)
 
     def backbone_signature(self) -> tuple:
-        """What determines the backbone's function: executed layers, FFN and attention ranges."""
-        return (None if self.layers is None else tuple(self.layers),
+        """What determines the backbone's function: executed layers, FFN and attention ranges, the kernels."""
+        return (id(self.linears) if self.linears is not None else None,
+                None if self.layers is None else tuple(self.layers),
                 None if self.ffn_ranges is None else tuple(self.ffn_ranges),
                 None if self.attention_ranges is None else tuple(self.attention_ranges))
 

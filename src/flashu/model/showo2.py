@@ -18,8 +18,8 @@ from ..config import Showo2Config
 from ..errors import ConfigError
 from .cache import KVCache, PrefixEntry, additive_mask, omni_attention_mask
 from .layers import (
-    FinalLayer, FP32LayerNorm, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, attention,
-    default_inv_freq, llama3_inv_freq, rope_tables, swiglu,
+    FinalLayer, FP32LayerNorm, LinearKernels, ModulatedAttentionBlock, PatchEmbed, RMSNorm, TimestepEmbedder,
+    apply_rope, attention, default_inv_freq, linear, llama3_inv_freq, rope_tables, swiglu,
 )
 from .flow_head import FlowHead
 from .plan import BASELINE, ExecutionPlan
@@ -247,7 +247,7 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
             h = layer.input_layernorm(x)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "qkv", h)
-            q, k, v = self._qkv(layer.self_attn, h, cos, sin, plan.attention_range(i))
+            q, k, v = self._qkv(layer.self_attn, h, cos, sin, plan.attention_range(i), plan.linears)
             if not selected and i >= selector.layer:
                 keep = selector.select(v, k, x, q if getattr(selector, "needs_queries", False) else None)
                 selected = True
@@ -266,13 +266,13 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
             o = attention(q, k, v, layer_mask).transpose(1, 2).reshape(B, n, -1)
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "o", o)
-            x = x + self._o_proj(layer.self_attn, o, plan.attention_range(i))
+            x = x + self._o_proj(layer.self_attn, o, plan.attention_range(i), plan.linears)
             h = layer.post_attention_layernorm(x)
             hook = None
             if probe is not None and probe.wants_linear_inputs:
                 probe.linear_inputs(i, "gate_up", h)
                 hook = lambda act, i=i: probe.linear_inputs(i, "down", act)  # noqa: E731
-            x = x + swiglu(layer.mlp, h, plan.ffn_range(i), hook)
+            x = x + swiglu(layer.mlp, h, plan.ffn_range(i), hook, plan.linears)
             if similarity is not None:
                 similarity[i] = _mean_cosine(x_in, x, plan.similarity)
             if probe is not None:
@@ -286,26 +286,22 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         return BackboneOutput(hidden=hidden, logits=logits, positions=positions, similarity=similarity)
 
     def _qkv(self, attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-             groups: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             groups: tuple[int, int] | None, kernels: LinearKernels | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys (both after RoPE) and values [B, heads, L, d] of one decoder layer (the KV-group range
         ``groups`` only, if given)."""
         B, L, _ = h.shape
         d = self.config.llm.head_dim
-        if groups is None:
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        else:
-            (wq, bq), (wk, bk), (wv, bv) = _group_slices(attn, groups, self.config.llm)
-            q, k, v = F.linear(h, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+        q_rows, kv_rows = _group_rows(groups, self.config.llm)
+        q = linear(attn.q_proj, h, q_rows, kernels=kernels)
+        k, v = linear(attn.k_proj, h, kv_rows, kernels=kernels), linear(attn.v_proj, h, kv_rows, kernels=kernels)
         q = apply_rope(q.view(B, L, -1, d).transpose(1, 2), cos, sin)
         k = apply_rope(k.view(B, L, -1, d).transpose(1, 2), cos, sin)
         return q, k, v.view(B, L, -1, d).transpose(1, 2)
 
-    def _o_proj(self, attn: nn.Module, o: torch.Tensor, groups: tuple[int, int] | None) -> torch.Tensor:
-        if groups is None:
-            return attn.o_proj(o)
-        g0, g1 = groups
-        rows = self.config.llm.num_heads // self.config.llm.num_kv_heads * self.config.llm.head_dim
-        return F.linear(o, attn.o_proj.weight[:, g0 * rows:g1 * rows])
+    def _o_proj(self, attn: nn.Module, o: torch.Tensor, groups: tuple[int, int] | None,
+                kernels: LinearKernels | None = None) -> torch.Tensor:
+        return linear(attn.o_proj, o, cols=_group_rows(groups, self.config.llm)[0], kernels=kernels)
 
     def _write_skipped_kv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: ExecutionPlan,
                           cache: KVCache) -> None:
@@ -313,14 +309,11 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         exact keys/values the layer would have made from that input."""
         layer = self.layers[i]
         h = layer.input_layernorm(x)
-        groups = plan.attention_range(i)
         B, L, _ = h.shape
         d = self.config.llm.head_dim
-        if groups is None:
-            k, v = layer.self_attn.k_proj(h), layer.self_attn.v_proj(h)
-        else:
-            _, (wk, bk), (wv, bv) = _group_slices(layer.self_attn, groups, self.config.llm)
-            k, v = F.linear(h, wk, bk), F.linear(h, wv, bv)
+        kv_rows = _group_rows(plan.attention_range(i), self.config.llm)[1]
+        k = linear(layer.self_attn.k_proj, h, kv_rows, kernels=plan.linears)
+        v = linear(layer.self_attn.v_proj, h, kv_rows, kernels=plan.linears)
         k = apply_rope(k.view(B, L, -1, d).transpose(1, 2), cos, sin)
         cache.write(i, k, v.view(B, L, -1, d).transpose(1, 2))
 
@@ -409,7 +402,8 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         embeds = self.showo.model.embed_tokens(ids)
         mask = additive_mask(allowed[None, None], embeds.dtype)
         llm = KVCache.for_model(self, B, P)
-        only = ExecutionPlan(layers=plan.layers, ffn_ranges=plan.ffn_ranges, attention_ranges=plan.attention_ranges)
+        only = ExecutionPlan(layers=plan.layers, ffn_ranges=plan.ffn_ranges, attention_ranges=plan.attention_ranges,
+                             linears=plan.linears)
         with record_function("flashu.llm"):
             hidden = self.run_backbone(embeds, positions, mask, only, cache=llm).hidden
         head: list = []
@@ -456,13 +450,13 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         embeds = self.showo.model.embed_tokens(tokens)
         return self.run_backbone(embeds, positions, None, plan, cache)
 
-def _group_slices(attn: nn.Module, groups: tuple[int, int], cfg):
-    """(weight, bias) of q/k/v restricted to the KV-group range ``groups`` (slices, never copies)."""
+def _group_rows(groups: tuple[int, int] | None, cfg) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """The q_proj and k/v_proj output rows of the KV-group range ``groups`` (``None``: all groups)."""
+    if groups is None:
+        return None, None
     g0, g1 = groups
     q_rows = cfg.num_heads // cfg.num_kv_heads * cfg.head_dim
-    qs, ks = slice(g0 * q_rows, g1 * q_rows), slice(g0 * cfg.head_dim, g1 * cfg.head_dim)
-    return ((attn.q_proj.weight[qs], attn.q_proj.bias[qs]), (attn.k_proj.weight[ks], attn.k_proj.bias[ks]),
-            (attn.v_proj.weight[ks], attn.v_proj.bias[ks]))
+    return (g0 * q_rows, g1 * q_rows), (g0 * cfg.head_dim, g1 * cfg.head_dim)
 
 
 def _block_mask(length: int, block_offsets: torch.Tensor, block_len: int) -> torch.Tensor:

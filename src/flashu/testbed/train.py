@@ -31,8 +31,8 @@ times in ``src/flashu/data/testbed/training.json``)::
         --warmup 50 --seed 1 --threads 2 --export src/flashu/data/testbed
 
 The second stage (``--init``: the first stage's weights, a fresh optimizer and a short, lower cosine schedule on a
-new stream of scenes) is what brings the baseline's generation accuracy from about 79 % to 84.5 % on the
-validation split: the first stage's squares still had ragged edges.
+new stream of scenes) is what lifts the baseline's generation accuracy on the validation split (the first stage's
+squares still had ragged edges; docs/testbed.md has the figures).
 """
 
 from __future__ import annotations
