@@ -19,6 +19,7 @@ from flashu import loading
 from flashu.model import omni_attention_mask
 from flashu.pipelines.mmu import build_understanding_inputs
 from flashu.pipelines.t2i import build_generation_inputs
+from flashu.testbed import data as D
 from flashu.testbed import train as T
 from flashu.testbed import world
 from flashu.testbed.evaluate import evaluate, format_reports
@@ -160,8 +161,8 @@ def test_load_model_testbed_error_when_missing(monkeypatch, tmp_path):
 def test_generation_rows_are_the_official_layout_truncated(tiny_pixel):
     cfg = T.TrainConfig(gen_batch=6, uncond_prob=0.5, seed=3)
     batch = T.generation_batch(tiny_pixel, cfg, step=0)
-    rng = T.step_rng(cfg.seed, 0, "gen")
-    captions = [world.sample("train", rng.randrange(T.TRAIN_INDEX_SPACE)).caption for _ in range(6)]
+    rng = D.step_rng(cfg.seed, 0, "gen")
+    captions = [world.sample("train", rng.randrange(D.TRAIN_INDEX_SPACE)).caption for _ in range(6)]
     drops = [rng.random() < cfg.uncond_prob for _ in range(6)]
     assert any(drops) and not all(drops)
     cond = [c for c, d in zip(captions, drops) if not d]
@@ -185,7 +186,7 @@ def test_generation_rows_are_the_official_layout_truncated(tiny_pixel):
 def test_packed_understanding_rows_match_official_sequences(tiny_pixel):
     """Each packed question/answer segment gets exactly the logits of its own official sequence."""
     scenes = [world.sample("train", i) for i in (5, 8)]
-    packed = T.pack_understanding(tiny_pixel, [(ex.image, [(q.question, q.answer) for q in ex.qas])
+    packed = D.pack_understanding(tiny_pixel, [(ex.image, [(q.question, q.answer) for q in ex.qas])
                                                for ex in scenes])
     with torch.no_grad():
         logits = T.understanding_logits(tiny_pixel, packed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -12,14 +13,31 @@ from .io.tokenizer import SpecialTokens
 from .io.vae import LatentCodec
 
 
+class TextTokenizer(Protocol):
+    """What the pipelines use of a tokenizer (a transformers tokenizer, or flashu's local ones)."""
+
+    def __call__(self, text: str, **kwargs: Any) -> Any: ...  # a mapping with "input_ids"
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
+
+
+class AppliedAcceleration(Protocol):
+    """What ``flashu.accelerate`` leaves on a bundle (``flashu.accel.api.Acceleration``): the policies the pipelines
+    run by default (``None``: that task runs unaccelerated)."""
+
+    def generation_policy(self) -> Any: ...
+
+    def understanding_policy(self) -> Any: ...
+
+
 @dataclass
 class Showo2Bundle:
     model: Showo2
-    tokenizer: object  # a transformers tokenizer
+    tokenizer: TextTokenizer
     codec: LatentCodec | None  # None: loaded without a VAE (latents in, latents out)
     special: SpecialTokens
     source: str  # preset name, directory or hub id it came from
-    acceleration: object | None = None  # set by flashu.accelerate (model-level, never per-request state)
+    acceleration: AppliedAcceleration | None = None  # set by flashu.accelerate (model-level, never per-request)
     compiled: bool = False  # set by flashu.compile: understanding then decodes with a static KV cache
 
     @property

@@ -93,7 +93,7 @@ def accelerate(bundle: Showo2Bundle, spec: "FlashUConfig | str | Path | None" = 
     """Apply FlashU to ``bundle``. ``spec``: see :mod:`flashu.accel.spec`; ``task`` (``t2i``/``mmu``) keeps only
     that task's techniques. ``scores`` maps task to importance scores or their file; missing ones come from the
     calibration cache or are calibrated once (with a progress bar)."""
-    if getattr(bundle, "acceleration", None) is not None:
+    if bundle.acceleration is not None:
         raise FlashuError("this model is already accelerated; call flashu.restore(bundle) first")
     if calibration_samples is not None and (isinstance(calibration_samples, bool)
                                             or not isinstance(calibration_samples, int) or calibration_samples < 1):
@@ -221,7 +221,7 @@ def _check_weights_resident(model) -> None:
 
 def restore(bundle: Showo2Bundle) -> None:
     """Undo ``accelerate``: bit-identical parameters and outputs. A no-op on an unaccelerated model."""
-    acc = getattr(bundle, "acceleration", None)
+    acc = bundle.acceleration
     if acc is None:
         return
     if acc.layout is not None:

@@ -175,7 +175,7 @@ def calibrate(bundle: Showo2Bundle, task: str, *, samples: int = 20, prompts: li
     default source unless ``prompts``/``pairs`` are given); for ``mmu`` also the mean last-token similarity of
     every layer over the pairs (``ImportanceScores.layer_similarity``). Not cached: see :func:`cached_scores`."""
     check_task(task)
-    if getattr(bundle, "acceleration", None) is not None:
+    if bundle.acceleration is not None:
         raise FlashuError("calibrate the unaccelerated model: call flashu.restore(bundle) first")
     items = prompts if task == "t2i" else pairs
     items = list(items)[:samples] if items else calibration_items(bundle, task, samples)[1]

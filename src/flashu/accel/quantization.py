@@ -133,8 +133,7 @@ def _fbgemm_kernel(weight: torch.Tensor, bias: torch.Tensor | None) -> Kernel:
 
 
 def _torchao_kernel(weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> Kernel:
-    from torchao.quantization import quantize_
-
+    quantize_ = _torchao_quantization().quantize_
     copy = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
                      dtype=weight.dtype)
     with torch.no_grad():

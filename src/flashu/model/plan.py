@@ -16,6 +16,7 @@ from typing import Literal, Protocol, Sequence
 
 import torch
 
+from .cache import PrefixCache
 from .layers import LinearKernels
 
 LogitsMode = Literal["none", "last", "all"]
@@ -116,7 +117,7 @@ class ExecutionPlan:
     logits: LogitsMode = "none"
     fill_skipped_kv: bool = False
     similarity: str | torch.Tensor | None = field(default=None, compare=False)
-    prefix: object | None = field(default=None, compare=False)
+    prefix: PrefixCache | None = field(default=None, compare=False)
     share_cfg_visual: bool = False
     probe: Probe | None = field(default=None, compare=False)
     linears: LinearKernels | None = field(default=None, compare=False)

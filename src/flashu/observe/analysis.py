@@ -174,7 +174,7 @@ def specialization(bundle: Showo2Bundle, *, samples: int = 20, top_fraction: flo
     """
     if samples < 1:
         raise FlashuError(f"samples must be at least 1, got {samples}")
-    if getattr(bundle, "acceleration", None) is not None:
+    if bundle.acceleration is not None:
         raise FlashuError("analyse the unaccelerated model: call flashu.restore(bundle) first")
     model = bundle.model
     num_layers = bundle.config.llm.num_layers

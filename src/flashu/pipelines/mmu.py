@@ -36,8 +36,27 @@ ASSISTANT_ROLE = "\n<|im_start|>assistant\n"
 MAX_QUESTION_TOKENS = 2048  # longer questions are truncated (with a warning), as text-to-image prompts are
 
 
+class Speculation(Protocol):
+    """Self-speculative decoding's decisions within one answer (``flashu.accel.speculative.SelfSpeculation``)."""
+
+    def depth(self, remaining: int) -> int:
+        """Draft tokens for the next round when ``remaining`` tokens may still be emitted."""
+
+    def draft_plan(self) -> ExecutionPlan:
+        ...
+
+    def verify_plan(self) -> ExecutionPlan:
+        ...
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """See how many of the round's drafted tokens the target accepted."""
+
+
 class UnderstandingSession(Protocol):
-    """Per-request decisions of one answer (never stored on the model)."""
+    """Per-request decisions of one answer (never stored on the model). ``speculation``: ``None`` for plain greedy
+    decoding, else the draft/verify decisions of self-speculative decoding."""
+
+    speculation: Speculation | None
 
     def prefill_plan(self) -> ExecutionPlan:
         ...
@@ -63,6 +82,7 @@ class BaselineUnderstanding:
     """The trivial decider: the unaccelerated plan for the prefill and every decoding step."""
 
     name = "none"
+    speculation = None
 
     def start(self, bundle, inputs):
         return self
@@ -197,7 +217,7 @@ def answer(bundle: Showo2Bundle, image: Image.Image | str | None, question: str,
     timings["prefill_backbone"] = t2 - t1
 
     t0 = clock()
-    decode = _speculative_decode if getattr(session, "speculation", None) is not None else _greedy_decode
+    decode = _speculative_decode if session.speculation is not None else _greedy_decode
     with record_function("flashu.decode_loop"):
         tokens = decode(bundle, session, cache, first, length, max_new_tokens, ignore_eos, observer)
     timings["decode"] = clock() - t0

@@ -105,7 +105,7 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
         raise FlashuError("n_gen and n_mmu must be >= 0")
     if batch_size <= 0:
         raise FlashuError(f"batch_size must be positive, got {batch_size}")
-    if getattr(bundle, "acceleration", None) is not None:
+    if bundle.acceleration is not None:
         raise FlashuError("evaluate an unaccelerated bundle (call flashu.restore first); pass accel= instead")
     cfg = resolve_accel(accel)
     name = cfg.name
