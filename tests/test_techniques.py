@@ -617,3 +617,19 @@ def test_int8_on_a_compiled_model_runs_the_full_precision_graphs(bundle, scores,
         finally:
             bundle.compiled = False
     assert got.stats["quantized"] is False
+
+
+def test_torchao_kernels_run_inside_a_compiled_model(bundle, scores, image):
+    """torchao's kernels are traced with the decoder (fullgraph): a compiled model keeps them (fbgemm's cannot be)."""
+    cfg = config("mmu", MMU["int8"][0])
+    cfg.quantization = dataclasses.replace(cfg.quantization, backend="torchao")
+    pytest.importorskip("torchao")
+    with flashu.accelerated(bundle, cfg, scores=scores):
+        eager = run(bundle, "mmu", image=image)
+    flashu.compile(bundle, backend="eager")
+    try:
+        with flashu.accelerated(bundle, cfg, scores=scores):
+            got = run(bundle, "mmu", image=image)
+    finally:
+        flashu.compile(bundle, enabled=False)
+    assert got.stats["quantized"] is True and got.token_ids == eager.token_ids

@@ -203,20 +203,21 @@ def _protected(count: int, protect: bool, num_layers: int, field: str, ratio: fl
 
 
 def _check_weights_resident(model) -> None:
-    """Pruning permutes and slices the decoder's weights: they must be plain, resident ``nn.Linear`` weights."""
+    """Pruning permutes and slices the decoder's weights and quantization copies them: they must be plain,
+    resident ``nn.Linear`` weights."""
     for name, module in model.layers.named_modules():
         if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
             raise FlashuError(f"decoder layer module {name} is a {type(module).__name__}, not a plain Linear (an "
                               "adapter such as a LoRA?): merge it into the weights first (peft: "
-                              "model.merge_and_unload()), or use a configuration without FFN pruning")
+                              "model.merge_and_unload()), or use a configuration without FFN pruning or quantization")
         if type(module).__name__.startswith("Lora") or hasattr(module, "lora_A"):
             raise FlashuError(f"decoder layer module {name} carries a LoRA adapter: merge it first (peft: "
-                              "model.merge_and_unload()), or use a configuration without FFN pruning")
+                              "model.merge_and_unload()), or use a configuration without FFN pruning or quantization")
         weight = getattr(module, "weight", None)
         if getattr(module, "_hf_hook", None) is not None or (weight is not None and weight.is_meta):
-            raise FlashuError("FFN pruning permutes the decoder weights in place, which offloaded or dispatched "
-                              "weights do not allow: load the model without offload, or use a configuration "
-                              "without FFN pruning")
+            raise FlashuError("FFN pruning permutes the decoder weights in place and quantization copies them, "
+                              "which offloaded or dispatched weights do not allow: load the model without offload, "
+                              "or use a configuration without FFN pruning or quantization")
 
 
 def restore(bundle: Showo2Bundle) -> None:
