@@ -10,7 +10,7 @@ Step count and guidance come from :mod:`.guidance`. With ``lazy_backbone`` a hea
 SigLIP branch, fusion, LLM or head blocks at all (their output is discarded under the paper's semantics), unless it
 is also a ranking evaluation. The exact techniques: ``exact_trims`` drops the positions after the image blocks (they
 cannot influence them), ``prefix_reuse`` keeps the text prefix's keys/values for the whole generation (a
-:class:`~flashu.model.cache.PrefixCache` the model fills, one entry per backbone configuration) and
+:class:`~flashu.model.cache.PrefixCache` of the entries the model returns, one per backbone configuration) and
 ``share_cfg_visual`` runs the visual branches once for both CFG rows. The session only returns plans and reads what
 the forward returned; it never runs the model.
 """
@@ -77,7 +77,7 @@ class FlashUGenerationSession:
         full = self.in_full_phase(k)
         rank = self.ranks_layers(k)
         reuse = self.head.reuses(k, full)
-        return ExecutionPlan(
+        plan = ExecutionPlan(
             layers=None if full or rank else active_layers(self.skipped, self.num_layers),
             ffn_ranges=None if full else self.ffn_ranges,
             attention_ranges=None if full else self.attention_ranges,
@@ -85,12 +85,18 @@ class FlashUGenerationSession:
             recompute_backbone=not reuse or not self.cfg.lazy_backbone or rank,
             keep_positions=self.keep,
             similarity=self.token_scope if rank else None,
-            prefix=self.prefix,
+            prefix_reuse=self.prefix is not None,
             share_cfg_visual=self.share_cfg_visual,
             linears=None if full and not self.quantize_full_phase else self.linears,
         )
+        if self.prefix is not None:  # the text prefix's K/V for this backbone configuration, if computed before
+            self._prefix_key = plan.backbone_signature()
+            plan = plan.with_(prefix=self.prefix.entries.get(self._prefix_key))
+        return plan
 
     def observe(self, k: int, output: GenerationOutput) -> None:
+        if output.prefix is not None:  # computed by this forward: kept for the evaluations that follow
+            self.prefix.entries[self._prefix_key] = output.prefix
         c = self.counters
         full = self.in_full_phase(k)
         c.evaluations += 1

@@ -98,7 +98,7 @@ class PrefixEntry:
 
 @dataclass
 class PrefixCache:
-    """Per-generation store of :class:`PrefixEntry` by backbone configuration (lives in the request's session;
-    the model fills it). ``entries`` grows by one per distinct configuration used (a handful per generation)."""
+    """Per-generation store of :class:`PrefixEntry` by backbone configuration (lives in the request's session,
+    which keeps what the model returns in ``GenerationOutput.prefix``). ``entries`` grows by one per distinct configuration used (a handful per generation)."""
 
     entries: dict = field(default_factory=dict)

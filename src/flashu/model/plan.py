@@ -16,10 +16,11 @@ from typing import Literal, Protocol, Sequence
 
 import torch
 
-from .cache import PrefixCache
+from .cache import PrefixEntry
 from .layers import LinearKernels
 
 LogitsMode = Literal["none", "last", "all"]
+SimilarityScope = Literal["all", "last", "image"]
 
 
 class Probe:
@@ -96,11 +97,13 @@ class ExecutionPlan:
             so that when it runs again later it attends to the whole context. Costs its input norm and the thin
             k/v projections.
         similarity: measure, per executed decoder layer, the mean cos(input, output) over ``"all"`` positions,
-            the ``"last"`` one, the ``"image"`` blocks (text-to-image) or a bool mask [B, L]; returned in
-            ``BackboneOutput.similarity`` (layer skipping ranks layers by it).
-        prefix: text-to-image prefix reuse: a per-generation :class:`~flashu.model.cache.PrefixCache`; only the
-            image-block positions run, attending to the text prefix's keys/values (computed once per backbone
-            configuration). Exact up to float rounding.
+            the ``"last"`` one or the ``"image"`` blocks (text-to-image); returned in ``BackboneOutput.similarity``
+            (layer skipping ranks layers by it).
+        prefix_reuse: text-to-image prefix reuse: only the image-block positions run, attending to the text
+            prefix's keys/values — ``prefix`` when given (computed by an earlier forward with the same backbone
+            configuration), else computed by this forward and returned in ``GenerationOutput.prefix`` for the
+            session to keep. Exact up to float rounding.
+        prefix: the text prefix's keys/values to reuse (a :class:`~flashu.model.cache.PrefixEntry`).
         share_cfg_visual: the rows are [conditional; unconditional] with the same latents: run the visual
             branches on the first half only.
         probe: observer of the backbone, for tools (calibration, analysis); deciders read outputs instead.
@@ -116,8 +119,9 @@ class ExecutionPlan:
     token_selector: TokenSelector | None = None
     logits: LogitsMode = "none"
     fill_skipped_kv: bool = False
-    similarity: str | torch.Tensor | None = field(default=None, compare=False)
-    prefix: PrefixCache | None = field(default=None, compare=False)
+    similarity: SimilarityScope | None = field(default=None, compare=False)
+    prefix_reuse: bool = False
+    prefix: PrefixEntry | None = field(default=None, compare=False)
     share_cfg_visual: bool = False
     probe: Probe | None = field(default=None, compare=False)
     linears: LinearKernels | None = field(default=None, compare=False)

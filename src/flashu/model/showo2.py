@@ -95,6 +95,7 @@ class GenerationOutput:
     velocity: torch.Tensor  # [B, C, h, w] (unguided, per row)
     head_features: torch.Tensor  # flow-head block outputs at the image-block positions [B, block_len, D]
     backbone: BackboneOutput | None  # None when the backbone did not run
+    prefix: PrefixEntry | None = None  # the text prefix's keys/values this forward computed (prefix reuse), to keep
 
 
 class Showo2(VisualBranches, FlowHead, nn.Module):
@@ -212,7 +213,7 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
     # ------------------------------------------------------------------ LLM backbone
     def run_backbone(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                      plan: ExecutionPlan = BASELINE, cache: KVCache | None = None,
-                     prefix: KVCache | None = None) -> BackboneOutput:
+                     prefix: KVCache | None = None, image_block: torch.Tensor | None = None) -> BackboneOutput:
         """The Qwen2 decoder under ``plan``.
 
         ``mask``: additive [B, 1, L, L] over the new positions (the prefill's omni mask); ``None`` with a ``cache``:
@@ -233,9 +234,13 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         fill = ()
         if plan.fill_skipped_kv and cache is not None and plan.layers is not None:
             fill = sorted(set(range(cfg.num_layers)) - set(plan.layers))
-        similarity = None
-        if plan.similarity is not None:
+        similarity, scope = None, plan.similarity
+        if scope is not None:
             similarity = torch.full((cfg.num_layers,), float("nan"), device=x.device)
+            if scope == "image":
+                if image_block is None:
+                    raise ValueError("similarity over the image block needs image_block (the block's positions)")
+                scope = image_block
         if cache is not None:
             cache.reserve(x.shape[1])
         for i in sorted(set(executed) | set(fill)):
@@ -274,7 +279,7 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
                 hook = lambda act, i=i: probe.linear_inputs(i, "down", act)  # noqa: E731
             x = x + swiglu(layer.mlp, h, plan.ffn_range(i), hook, plan.linears)
             if similarity is not None:
-                similarity[i] = _mean_cosine(x_in, x, plan.similarity)
+                similarity[i] = _mean_cosine(x_in, x, scope)
             if probe is not None:
                 probe.layer_io(i, x_in, x)
         hidden = self.showo.model.norm(x)
@@ -326,21 +331,23 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         branches run on the first half and their output is used for both (exact: it is the same function)."""
         grid = latents.shape[-1] // self.config.patch_size
         c = self.time_conditioning(t)
-        backbone = None
+        backbone, computed = None, None
         features = plan.head_features
         if features is None or plan.recompute_backbone:
             if plan.share_cfg_visual:
                 image_tokens = self.visual_tokens(latents[: latents.shape[0] // 2]).repeat(2, 1, 1)
             else:
                 image_tokens = self.visual_tokens(latents)
-            if plan.prefix is not None:
-                backbone, block_features = self._generation_after_prefix(image_tokens, c, inputs, plan)
+            if plan.prefix_reuse:
+                prefix = plan.prefix if plan.prefix is not None else self._text_prefix(inputs, plan)
+                computed = prefix if plan.prefix is None else None
+                backbone, block_features = self._generation_after_prefix(image_tokens, c, inputs, plan, prefix)
             else:
                 backbone, block_features = self._generation_full(image_tokens, c, inputs, plan)
             features = block_features if features is None else features
         with record_function("flashu.flow_head"):
             velocity = self.velocity_from_features(features, c, grid)
-        return GenerationOutput(velocity=velocity, head_features=features, backbone=backbone)
+        return GenerationOutput(velocity=velocity, head_features=features, backbone=backbone, prefix=computed)
 
     def _generation_full(self, image_tokens, c, inputs: GenerationInputs, plan: ExecutionPlan):
         """The whole sequence (up to ``keep_positions``) through the backbone and the head blocks."""
@@ -350,10 +357,9 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         embeds = self.place_image_block(self.showo.model.embed_tokens(ids), inputs.block_offsets, self.time_token(c),
                                         image_tokens)
         positions = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
-        if isinstance(plan.similarity, str) and plan.similarity == "image":
-            plan = plan.with_(similarity=_block_mask(length, inputs.block_offsets, inputs.block_len))
+        block = _block_mask(length, inputs.block_offsets, inputs.block_len) if plan.similarity == "image" else None
         with record_function("flashu.llm"):
-            backbone = self.run_backbone(embeds, positions, mask, plan)
+            backbone = self.run_backbone(embeds, positions, mask, plan, image_block=block)
         if plan.head_features is not None:
             return backbone, None
         with record_function("flashu.flow_head"):
@@ -361,13 +367,13 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         index = inputs.block_offsets[:, None] + torch.arange(inputs.block_len, device=full.device)
         return backbone, full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))
 
-    def _generation_after_prefix(self, image_tokens, c, inputs: GenerationInputs, plan: ExecutionPlan):
-        """Only the image-block positions, attending to the text prefix's keys/values (``plan.prefix``).
+    def _generation_after_prefix(self, image_tokens, c, inputs: GenerationInputs, plan: ExecutionPlan,
+                                 prefix: PrefixEntry):
+        """Only the image-block positions, attending to the text prefix's keys/values ``prefix``.
 
         Every position before a row's block is causal text that never sees the image, in the LLM and in the head
         (whose adaLN is the identity outside the block): its keys/values are the same at every evaluation, so
         they are computed once per distinct backbone configuration (layers, FFN and head ranges) and reused."""
-        prefix = self._prefix_entry(inputs, plan)
         offsets, n = inputs.block_offsets, inputs.block_len
         B = offsets.shape[0]
         embeds = torch.cat([self.time_token(c)[:, None].to(image_tokens.dtype), image_tokens], dim=1)
@@ -375,7 +381,7 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         slots = torch.arange(prefix.length + n, device=offsets.device)
         allowed = (slots[None, :] < offsets[:, None]) | (slots[None, :] >= prefix.length)  # [B, P + n]
         mask = additive_mask(allowed[:, None, None, :].expand(B, 1, n, -1), embeds.dtype)
-        if isinstance(plan.similarity, str) and plan.similarity == "image":
+        if plan.similarity == "image":
             plan = plan.with_(similarity="all")  # every position here is an image-block position
         with record_function("flashu.llm"):
             backbone = self.run_backbone(embeds, positions, mask, plan, prefix=prefix.llm)
@@ -386,14 +392,9 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
                                             prefix=prefix.head)
         return backbone, features
 
-    def _prefix_entry(self, inputs: GenerationInputs, plan: ExecutionPlan) -> PrefixEntry:
-        """The text prefix's keys/values for this backbone configuration, from ``plan.prefix`` or computed now and
-        stored there: the positions before the last row's block, every row causal (a shorter row's extra
-        positions are masked out when used)."""
-        key = plan.backbone_signature()
-        entry = plan.prefix.entries.get(key)
-        if entry is not None:
-            return entry
+    def _text_prefix(self, inputs: GenerationInputs, plan: ExecutionPlan) -> PrefixEntry:
+        """The text prefix's keys/values under ``plan``'s backbone configuration: the positions before the last
+        row's block, every row causal (a shorter row's extra positions are masked out when used)."""
         P = int(inputs.block_offsets.max())
         ids = inputs.input_ids[:, :P]
         B = ids.shape[0]
@@ -410,8 +411,7 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
         c = self.time_conditioning(torch.zeros(B, device=ids.device))  # unused: no prefix position is modulated
         with record_function("flashu.flow_head"):
             self.run_head_blocks(hidden, c, positions, mask, torch.full((B,), P, device=ids.device), 1, capture=head)
-        entry = plan.prefix.entries[key] = PrefixEntry(P, llm, head)
-        return entry
+        return PrefixEntry(P, llm, head)
 
     # ------------------------------------------------------------------ understanding
     def understanding_embeddings(self, inputs: UnderstandingInputs) -> torch.Tensor:
