@@ -208,7 +208,7 @@ def test_shard_partition_and_env():
     assert sorted(sum(shards, [])) == items
     assert distributed.from_env({}) == distributed.Shard(0, 1, 0)
     assert distributed.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == distributed.Shard(1, 2, 1)
-    with pytest.raises(FlashuError):
+    with pytest.raises(FlashuError, match="bad launcher environment: RANK=2, WORLD_SIZE=2"):
         distributed.from_env({"RANK": "2", "WORLD_SIZE": "2"})
     single = distributed.Shard()
     single.barrier()

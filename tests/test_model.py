@@ -18,9 +18,14 @@ def test_official_parameter_counts_on_meta(name, total):
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - total) / total < 0.005
     keys = model.state_dict().keys()
-    assert len(keys) == 910
+    assert len(keys) == 910  # the official checkpoint's tensor count (the parts below + the smaller modules)
     groups = Counter(k.split(".")[0] for k in keys)
-    assert groups["showo"] == 339 and groups["und_trans"] == 416 and groups["diffusion_head_a"] == 130
+    # Qwen2: embeddings, final norm, lm_head (tied or not, one key) + per layer q/k/v weight and bias, o_proj,
+    # gate/up/down, two norms; SigLIP: per layer two LayerNorms, q/k/v/out and fc1/fc2, each weight and bias;
+    # flow-head blocks: q/k/v/o, q_norm/k_norm, gate/up/down, two norms, adaLN modulation weight and bias
+    assert groups["showo"] == 3 + 28 * (6 + 1 + 3 + 2)
+    assert groups["und_trans"] == 26 * (2 * 2 + 4 * 2 + 2 * 2)
+    assert groups["diffusion_head_a"] == 10 * (4 + 2 + 3 + 2 + 2)
     assert "showo.lm_head.weight" in keys
     tied = model.showo.lm_head.weight is model.showo.model.embed_tokens.weight
     assert tied == (name == "1.5b")
