@@ -1,0 +1,1 @@
+"""The robustness sweep (``benchmarks/robustness_sweep.py``): case model, checks, fixtures, cases, runner."""
