@@ -184,10 +184,6 @@ class QuantizedLinears:
     def __repr__(self) -> str:
         return f"QuantizedLinears({self.mode}, {self.backend}, {len(self._kernels)} kernels)"
 
-    @property
-    def kernel_count(self) -> int:
-        return len(self._kernels)
-
     def __call__(self, module: nn.Linear, x: torch.Tensor, rows: Range | None, cols: Range | None) -> torch.Tensor:
         if id(module) in self._full_precision:
             return linear(module, x, rows, cols)
