@@ -13,6 +13,7 @@ from flashu.accel.calibration import calibrate
 from flashu.accel.config import FlashUConfig, GenerationAccelConfig, UnderstandingAccelConfig
 from flashu.accel.pruning import top_set
 from flashu.accel.token_pruning import AttentionSelector, ValueNormSelector
+from flashu.accel.token_pruning import TokenPruning
 from flashu.accel.understanding import FlashUUnderstandingPolicy
 from flashu.errors import ConfigError
 from flashu.model import BASELINE, ExecutionPlan, KVCache, Probe, omni_attention_mask
@@ -244,7 +245,7 @@ def test_rho_zero_no_skip_no_prune_equals_baseline_exactly(bundle, image):
         assert torch.equal(a, b)
     assert answer(bundle, image, QUESTION, max_new_tokens=8, policy=FlashUUnderstandingPolicy(understanding(), None)
                   ).token_ids == answer(bundle, image, QUESTION, max_new_tokens=8).token_ids
-    assert acc["session"].selector is None
+    assert acc["session"].technique(TokenPruning).selector is None
 
 
 # ------------------------------------------------------------------------------------------------ layer skipping

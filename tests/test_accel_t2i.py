@@ -12,6 +12,7 @@ from flashu import FlashuError
 from flashu.accel.calibration import calibrate
 from flashu.accel.config import FlashUConfig, GenerationAccelConfig, accel_preset
 from flashu.accel.generation import FlashUGenerationSession
+from flashu.accel.layer_skip import GenerationLayerSkip
 from flashu.accel.layer_skip import least_important_layers
 from flashu.accel.importance import ImportanceScores
 from flashu.accel.pruning import kept_count, two_task_order
@@ -74,11 +75,12 @@ def test_head_cache_store_and_reuse_pattern(bundle):
 
 def test_layer_skip_ranks_every_interval_and_never_in_full_phase(bundle):
     session = _session(bundle, layer_skip_ratio=0.5)
+    skip = session.technique(GenerationLayerSkip)
     assert session.plan(0).similarity == "image" and session.plan(5).similarity is None
-    ranks = [k for k in range(34) if session.ranks_layers(k)]
+    ranks = [k for k in range(34) if skip.ranks(session.step(k))]
     assert ranks == [0, 10, 20]
-    assert session.skip_count == 2
-    session.skipped = [1, 2]
+    assert skip.skip_count == 2
+    skip.skipped = [1, 2]
     assert session.plan(5).layers == [0, 3, 4]
     assert session.plan(10).layers is None  # ranking evaluation: full depth
     assert session.plan(30).layers is None and session.plan(30).ffn_ranges is None  # full phase
@@ -197,7 +199,7 @@ def test_config_validation_names_the_field():
         FlashUConfig.from_dict({"generation": {"head_cache_interval": -1}})
     with pytest.raises(ConfigError, match="unknown FlashU config field generation.bogus"):
         FlashUConfig.from_dict({"generation": {"bogus": 1}})
-    with pytest.raises(ConfigError, match="generation.prune_ratio must be a number"):
+    with pytest.raises(ConfigError, match="generation.prune_ratio must be a finite number"):
         FlashUConfig.from_dict({"generation": {"prune_ratio": "0.2"}})
     with pytest.raises(ConfigError, match="guidance_low_factor must be a finite number"):
         FlashUConfig.from_dict({"generation": {"guidance_low_factor": float("nan")}})

@@ -9,7 +9,10 @@ import torch
 from PIL import Image
 
 import flashu
-from flashu.compiled import PIECES, compile_stats
+from flashu.compiled import compile_stats
+from flashu.model import Showo2
+
+PIECES = Showo2.COMPILABLE
 
 
 @pytest.fixture()

@@ -58,7 +58,7 @@ def test_json_files_with_and_without_overrides(tmp_path):
         resolve_accel(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"generation": {"prune_ratio": "0.2"}}))
-    with pytest.raises(ConfigError, match="generation.prune_ratio must be a number"):
+    with pytest.raises(ConfigError, match="generation.prune_ratio must be a finite number"):
         resolve_accel(str(bad))
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read"):

@@ -27,9 +27,12 @@ import torch
 
 import flashu
 from flashu.accel.calibration import calibrate
-from flashu.accel.config import FlashUConfig, GenerationAccelConfig, QuantizationConfig, UnderstandingAccelConfig
+from flashu.accel.config import (TOKEN_SCORERS, FlashUConfig, GenerationAccelConfig, QuantizationConfig,
+                                 UnderstandingAccelConfig)
 from flashu.model import BASELINE, ExecutionPlan, Probe
 from flashu.pipelines.sampling import euler_update, guided, time_grid
+from flashu.accel.registry import GENERATION, UNDERSTANDING
+from flashu.pipelines.mmu import build_understanding_inputs
 from flashu.pipelines.t2i import build_generation_inputs, initial_noise
 
 PROMPTS = ["a red circle", "a blue square left of a green triangle"]
@@ -60,7 +63,7 @@ MMU = {
     "speculative": (dict(speculative_decoding=True, draft_skip_ratio=0.4, draft_tokens=2),
                     dict(speculative_decoding=False)),
     **{f"tokens-{s}": (dict(token_prune_ratio=0.5, token_scorer=s), dict(token_prune_ratio=0.0))
-       for s in ("vnorm", "knorm", "random", "attention", "query", "dart")},
+       for s in TOKEN_SCORERS},
     "int8": (dict(quantization={}), dict(quantization=None)),
     "int8-speculative": (dict(speculative_decoding=True, draft_skip_ratio=0.4, draft_tokens=2, token_prune_ratio=0.5,
                               quantization={}),
@@ -185,6 +188,45 @@ def test_config_json_round_trip(task, name):
     cfg = config(task, on)
     assert FlashUConfig.from_dict(cfg.to_dict()) == cfg
     assert flashu.resolve_accel(cfg) == cfg
+
+
+# ------------------------------------------------------------------------------------------------ registry coverage
+def _engaged(bundle, image, task: str) -> set[type]:
+    """Classes of the registered techniques a request of the accelerated ``bundle`` has switched on."""
+    acc = bundle.acceleration
+    if task == "t2i":
+        policy = acc.generation_policy()
+        inputs = build_generation_inputs(bundle, [PROMPTS[0]], bundle.config.image_size, with_uncond=True)
+        session = None if policy is None else policy.start(bundle, inputs, STEPS, GUIDANCE)
+    else:
+        policy = acc.understanding_policy()
+        session = None if policy is None else policy.start(bundle, build_understanding_inputs(bundle, image, QUESTION))
+    return set() if session is None else {type(t) for t in session.techniques if t.engaged()}
+
+
+def test_every_scorer_the_config_accepts_has_a_selector():
+    """The config validates scorer names without importing torch; the selectors are keyed by their own names."""
+    from flashu.accel.token_pruning import SELECTORS
+
+    assert sorted(SELECTORS) == sorted(TOKEN_SCORERS)
+
+
+@pytest.mark.parametrize("task", ["t2i", "mmu"])
+def test_every_registered_technique_is_in_the_invariant_suite(bundle, scores, image, task):
+    """Each technique of the task's registry is switched on by at least one case above (so it passes checks 1-4),
+    and no case's zero switches any on (so check 1 compares with the plain baseline). The guidance case changes
+    the session's own schedule (steps and scales), not a registered technique."""
+    cases, registered = (T2I, GENERATION) if task == "t2i" else (MMU, UNDERSTANDING)
+    covered = set()
+    for name, (on, strength) in cases.items():
+        with flashu.accelerated(bundle, config(task, on), scores=scores):
+            engaged = _engaged(bundle, image, task)
+        assert engaged or name == "guidance", f"case {name!r} switches no registered technique on"
+        covered |= engaged
+        with flashu.accelerated(bundle, config(task, {**on, **strength}), scores=scores):
+            assert _engaged(bundle, image, task) == set(), f"case {name!r}: its zero still switches techniques on"
+    missing = [t.__name__ for t in registered if t not in covered]
+    assert not missing, f"registered techniques without an invariant-suite case: {missing}"
 
 
 # ------------------------------------------------------------------------------------------------ 5. references

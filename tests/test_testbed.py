@@ -26,11 +26,12 @@ from flashu.testbed.evaluate import evaluate, format_reports
 from flashu.io.vae import IdentityVAE, LatentCodec, build_vae, load_vae, save_vae
 
 
-def tiny_pixel_config() -> Showo2Config:
-    """The testbed's pixel-space layout (32 px, patch 4, local bytes) with toy widths: milliseconds per step."""
-    data = preset("testbed").to_dict()
+def tiny_pixel_config(base: str = "testbed", name: str = "tiny-pixel") -> Showo2Config:
+    """The testbed's pixel-space layout (``base``: v1's 32 px or v2's 64 px understanding images, patch 4, local
+    bytes) with toy widths: milliseconds per step."""
+    data = preset(base).to_dict()
     data.update(
-        name="tiny-pixel",
+        name=name,
         llm=vars(LLMConfig(hidden_size=32, num_layers=5, num_heads=2, num_kv_heads=1, head_dim=16,
                            intermediate_size=128, vocab_size=LOCAL_VOCAB_SIZE)),
         vision=vars(VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, position_grid=8)),

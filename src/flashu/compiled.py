@@ -19,7 +19,6 @@ import torch
 
 from .bundle import Showo2Bundle
 
-PIECES = ("image_tokens", "run_backbone", "run_head_blocks", "velocity_from_features")
 RECOMPILE_LIMIT = 64  # graphs per compiled piece before torch falls back to eager (its default is 8)
 
 
@@ -27,17 +26,15 @@ def compile(bundle: Showo2Bundle, *, backend: str = "inductor", mode: str | None
             enabled: bool = True) -> Showo2Bundle:
     """Compile ``bundle``'s model in place (``enabled=False``: back to eager). Returns the bundle."""
     model = bundle.model
-    for name in PIECES:  # an instance attribute shadows the method; deleting it restores eager execution
-        model.__dict__.pop(name, None)
+    model.use_compiled(None)
     bundle.compiled = False
     if not enabled:
         return bundle
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
     if hasattr(torch._dynamo.config, "recompile_limit"):
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    for name in PIECES:
-        setattr(model, name, torch.compile(getattr(model, name), fullgraph=True, dynamic=False, backend=backend,
-                                           mode=mode))
+    model.use_compiled({name: torch.compile(getattr(model, name), fullgraph=True, dynamic=False, backend=backend,
+                                            mode=mode) for name in model.COMPILABLE})
     bundle.compiled = True
     return bundle
 

@@ -315,7 +315,9 @@ class Showo2Config:
 _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _check_value(name: str, value, annotation: str) -> None:
+def check_value(name: str, value, annotation: str) -> None:
+    """``value`` has the JSON type its field's ``annotation`` declares (``int``, finite ``float``, ``bool``, ``str``,
+    ``list[...]``, ``... | None``; other annotations are left to their own checks), else a one-line ConfigError."""
     kind = annotation.replace(" ", "")
     if kind.endswith("|None"):
         if value is None:
@@ -326,7 +328,7 @@ def _check_value(name: str, value, annotation: str) -> None:
         if not isinstance(value, list):
             raise ConfigError(f"{name} must be a list of {inner}, got {value!r}")
         for i, item in enumerate(value):
-            _check_value(f"{name}[{i}]", item, inner)
+            check_value(f"{name}[{i}]", item, inner)
         return
     expected = _SCALARS.get(kind)
     if expected is None:
@@ -353,9 +355,9 @@ def _check_types(cfg: "Showo2Config") -> None:
             if not isinstance(value, expected):
                 raise ConfigError(f"{f.name} must be an object, got {value!r}")
             for sub in dataclasses.fields(value):
-                _check_value(f"{f.name}.{sub.name}", getattr(value, sub.name), str(sub.type))
+                check_value(f"{f.name}.{sub.name}", getattr(value, sub.name), str(sub.type))
         else:
-            _check_value(f.name, value, str(f.type))
+            check_value(f.name, value, str(f.type))
 
 
 _POSITIVE_FLOATS = {"llm": ("rope_theta", "rms_norm_eps"), "vision": ("layer_norm_eps",),

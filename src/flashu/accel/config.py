@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import check_value
 from ..errors import ConfigError
 
 SCHEMA = "flashu-accel"
@@ -45,7 +45,7 @@ class _Checked:
 
     def _check_types(self, section: str) -> None:
         for f in dataclasses.fields(self):
-            _check_type(f"{section}.{f.name}", getattr(self, f.name), f.type)
+            check_value(f"{section}.{f.name}", getattr(self, f.name), str(f.type))
 
     def validate(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -213,7 +213,7 @@ class FlashUConfig:
         self.validate()
 
     def validate(self) -> "FlashUConfig":
-        _check_type("name", self.name, "str")
+        check_value("name", self.name, "str")
         for section, cls in (("generation", GenerationAccelConfig), ("understanding", UnderstandingAccelConfig)):
             value = getattr(self, section)
             if value is not None and not isinstance(value, cls):
@@ -301,20 +301,6 @@ def _build(cls, data: dict, section: str | None):
         where = f"{section}." if section else ""
         raise ConfigError(f"unknown FlashU config field {where}{unknown[0]} (known: {', '.join(sorted(names))})")
     return cls(**data)
-
-
-_JSON_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
-
-
-def _check_type(name: str, value, annotation) -> None:
-    kind = str(annotation).split("|")[0].strip()
-    if kind not in _JSON_TYPES:
-        return
-    ok = isinstance(value, _JSON_TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
-    if not ok:
-        raise ConfigError(f"{name} must be {'a number' if kind == 'float' else 'a ' + kind}, got {value!r}")
-    if kind == "float" and not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 def _ratio(name: str, value: float) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from ..model import ExecutionPlan
+from .technique import RequestContext, Step, Technique
+
 
 class HeadCache:
     """Per-generation cache state (lives in the generation session, never on the model)."""
@@ -26,3 +29,34 @@ class HeadCache:
             self.features = None
         elif self.interval > 0 and (k + 1) % self.interval == 0:
             self.features = features
+
+
+class HeadCacheReuse(Technique):
+    """Text-to-image: the plan reuses the cached head features where :class:`HeadCache` says so; with
+    ``lazy_backbone`` such an evaluation does not run the backbone either (its output would be discarded)."""
+
+    name = "head-cache"
+
+    def __init__(self, interval: int, lazy_backbone: bool):
+        self.cache = HeadCache(interval)
+        self.lazy_backbone = lazy_backbone
+        self.reused = 0
+
+    @classmethod
+    def start(cls, ctx: RequestContext) -> "HeadCacheReuse":
+        return cls(ctx.cfg.head_cache_interval, ctx.cfg.lazy_backbone)  # always: "head_reused" is in the stats
+
+    def engaged(self) -> bool:
+        return self.cache.interval > 0
+
+    def plan(self, step: Step, plan: ExecutionPlan) -> ExecutionPlan:
+        if not self.cache.reuses(step.index, step.full):
+            return plan
+        return plan.with_(head_features=self.cache.features, recompute_backbone=not self.lazy_backbone)
+
+    def observe(self, step: Step, output) -> None:
+        self.reused += self.cache.reuses(step.index, step.full)
+        self.cache.update(step.index, step.full, output.head_features)
+
+    def stats(self) -> dict:
+        return {"head_reused": self.reused}

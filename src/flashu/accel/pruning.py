@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import Showo2
+from ..model import ExecutionPlan, Showo2
 from .importance import ImportanceScores
+from .technique import RequestContext, Step, Technique
 
 
 def kept_count(total: int, ratio: float, alignment: int) -> int:
@@ -158,3 +159,49 @@ def inverse(order: torch.Tensor) -> torch.Tensor:
 def _expand(group_order: torch.Tensor, width: int) -> torch.Tensor:
     """Group permutation → row permutation of ``width`` rows per group."""
     return (group_order[:, None] * width + torch.arange(width)).reshape(-1)
+
+
+class HybridFfn(Technique):
+    """Text-to-image: the pruned FFN (and attention) ranges outside the final full-network phase (the hybrid
+    pruned/full FFN; the phase boundary comes from :mod:`.guidance`)."""
+
+    name = "hybrid-ffn"
+
+    def __init__(self, ffn_ranges, attention_ranges):
+        self.ffn_ranges = ffn_ranges
+        self.attention_ranges = attention_ranges
+
+    @classmethod
+    def start(cls, ctx: RequestContext) -> "HybridFfn | None":
+        if ctx.ffn_ranges is None and ctx.attention_ranges is None:
+            return None
+        return cls(ctx.ffn_ranges, ctx.attention_ranges)
+
+    def plan(self, step: Step, plan: ExecutionPlan) -> ExecutionPlan:
+        if step.full:
+            return plan
+        return plan.with_(ffn_ranges=self.ffn_ranges, attention_ranges=self.attention_ranges)
+
+
+class StaticFfn(Technique):
+    """Understanding: every forward of the answer (draft and verification included) runs the understanding
+    neuron range of each layer; no hybrid phase (understanding is single-pass)."""
+
+    name = "ffn-pruning"
+
+    def __init__(self, ffn_ranges):
+        self.ffn_ranges = ffn_ranges
+
+    @classmethod
+    def start(cls, ctx: RequestContext) -> "StaticFfn":
+        return cls(ctx.ffn_ranges)  # always: the FFN fields are in every answer's stats
+
+    def engaged(self) -> bool:
+        return self.ffn_ranges is not None
+
+    def plan(self, step: Step, plan: ExecutionPlan) -> ExecutionPlan:
+        return plan if self.ffn_ranges is None else plan.with_(ffn_ranges=self.ffn_ranges)
+
+    def stats(self) -> dict:
+        return {"ffn_pruned": self.ffn_ranges is not None,
+                "ffn_neurons_kept": None if self.ffn_ranges is None else [b - a for a, b in self.ffn_ranges]}

@@ -44,8 +44,10 @@ from torch import nn
 
 from ..errors import ConfigError, FlashuError
 from ..io.quiet import quiet_import
+from ..model import ExecutionPlan
 from ..model.layers import Range, linear
 from .config import QuantizationConfig
+from .technique import RequestContext, Step, Technique
 
 FEW_ROWS = 8
 FEW_ROWS_MIN_WEIGHTS = 1 << 19  # in × out below which fbgemm at < FEW_ROWS rows is slower than fp32 (measured)
@@ -225,3 +227,29 @@ def for_session(linears: QuantizedLinears | None, compiled: bool) -> QuantizedLi
     if linears is None or (compiled and not linears.compiles):
         return None
     return linears
+
+
+class QuantizedKernels(Technique):
+    """Every plan carries the kernels (``ExecutionPlan.linears``), except generation's full-network phase unless
+    ``quantization.full_phase``."""
+
+    name = "quantization"
+
+    def __init__(self, linears: QuantizedLinears | None, full_phase: bool):
+        self.linears = linears
+        self.full_phase = full_phase
+
+    @classmethod
+    def start(cls, ctx: RequestContext) -> "QuantizedKernels":
+        return cls(ctx.linears, ctx.quantize_full_phase)  # always: "quantized" is in every request's stats
+
+    def engaged(self) -> bool:
+        return self.linears is not None
+
+    def plan(self, step: Step, plan: ExecutionPlan) -> ExecutionPlan:
+        if self.linears is None or (step.full and not self.full_phase):
+            return plan
+        return plan.with_(linears=self.linears)
+
+    def stats(self) -> dict:
+        return {"quantized": self.linears is not None}

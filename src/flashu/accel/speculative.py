@@ -26,9 +26,9 @@ from __future__ import annotations
 import threading
 
 from ..model import ExecutionPlan
-from ..model.layers import LinearKernels
 from .config import UnderstandingAccelConfig
 from .layer_skip import active_layers, least_important_layers, skip_count
+from .technique import RequestContext, Step, Technique
 
 
 # A draft token costs DRAFT_OVERHEAD + (1 - DRAFT_OVERHEAD) * (share of layers it runs) full decode steps: fitted to
@@ -72,14 +72,16 @@ class DraftLedger:
         self._lock = threading.Lock()
 
 
-class SelfSpeculation:
-    """Per-answer state of self-speculative decoding (lives in the understanding session)."""
+class SelfSpeculation(Technique):
+    """Per-answer state of self-speculative decoding (a registered technique: it asks the prefill for the last
+    token's layer similarity, ranks the draft's layers from it, and keeps the answer's target plan; the session
+    exposes it as ``speculation`` and ``pipelines/mmu`` runs the loop)."""
 
-    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ffn_ranges, ledger: DraftLedger | None = None,
-                 linears: LinearKernels | None = None):
+    name = "speculative-decoding"
+
+    def __init__(self, cfg: UnderstandingAccelConfig, num_layers: int, ledger: DraftLedger | None = None):
         self.num_layers = num_layers
-        self.linears = linears
-        self.ffn_ranges = ffn_ranges
+        self.target = ExecutionPlan()  # the answer's full-depth decode plan (FFN range, kernels): set by the session
         self.skip = skip_count(cfg.draft_skip_ratio, num_layers, "understanding.draft_skip_ratio")
         self.k = cfg.draft_tokens
         self.max_k = cfg.max_draft_tokens
@@ -92,6 +94,21 @@ class SelfSpeculation:
         if ledger is not None and not ledger.begin():
             self.stopped_at, self.k = 0, 0  # it has not paid on this model: plain steps from the start
 
+    @classmethod
+    def start(cls, ctx: RequestContext) -> "SelfSpeculation | None":
+        return cls(ctx.cfg, ctx.num_layers, ctx.ledger) if ctx.cfg.speculative_decoding else None
+
+    def plan(self, step: Step, plan: ExecutionPlan) -> ExecutionPlan:
+        if step.kind == "target":
+            self.target = plan
+        elif step.kind == "prefill":
+            return plan.with_(similarity="last")
+        return plan
+
+    def observe(self, step: Step, output) -> None:
+        if step.kind == "prefill":
+            self.rank(output.similarity)
+
     def rank(self, similarity) -> None:
         """Choose the draft's skipped layers from the prefill's last-token similarity."""
         skipped = least_important_layers(similarity, self.skip, self.num_layers, protect_first_last=True)
@@ -102,10 +119,10 @@ class SelfSpeculation:
         return max(0, min(self.k, remaining - 1))
 
     def draft_plan(self) -> ExecutionPlan:
-        return ExecutionPlan(layers=self.draft_layers, ffn_ranges=self.ffn_ranges, logits="last", linears=self.linears)
+        return self.target.with_(layers=self.draft_layers, logits="last")
 
     def verify_plan(self) -> ExecutionPlan:
-        return ExecutionPlan(ffn_ranges=self.ffn_ranges, logits="all", linears=self.linears)
+        return self.target.with_(logits="all")
 
     def draft_cost(self) -> float:
         """One draft token's cost in full decode steps: ``DRAFT_OVERHEAD + (1 − DRAFT_OVERHEAD) · layers run``."""

@@ -23,7 +23,9 @@ import math
 import torch
 
 from ..errors import ConfigError
+from ..model import ExecutionPlan
 from .config import UnderstandingAccelConfig
+from .technique import RequestContext, Step, Technique
 
 
 class VisualTokenSelector:
@@ -170,8 +172,8 @@ class DuplicationSelector(VisualTokenSelector):
         return priority.scatter(1, pivots, float("-inf"))  # pivots are never dropped
 
 
-SELECTORS = {"vnorm": ValueNormSelector, "knorm": KeyNormSelector, "random": RandomSelector,
-             "attention": AttentionSelector, "query": LastQuerySelector, "dart": DuplicationSelector}
+SELECTORS = {cls.name: cls for cls in (ValueNormSelector, KeyNormSelector, RandomSelector, AttentionSelector,
+                                       LastQuerySelector, DuplicationSelector)}
 
 
 def make_selector(cfg: UnderstandingAccelConfig, image_start: int, image_count: int) -> VisualTokenSelector | None:
@@ -183,3 +185,32 @@ def make_selector(cfg: UnderstandingAccelConfig, image_start: int, image_count: 
     if cls is RandomSelector:
         return RandomSelector(cfg.token_prune_layer, image_start, image_count, keep, seed=cfg.seed)
     return cls(cfg.token_prune_layer, image_start, image_count, keep)
+
+
+class TokenPruning(Technique):
+    """Understanding: the prefill's plan carries the configured selector (none when ρ is 0 or drops no token)."""
+
+    name = "token-pruning"
+
+    def __init__(self, cfg: UnderstandingAccelConfig, image_count: int, selector: VisualTokenSelector | None):
+        self.cfg = cfg
+        self.image_count = image_count
+        self.selector = selector
+
+    @classmethod
+    def start(cls, ctx: RequestContext) -> "TokenPruning":
+        inputs = ctx.inputs
+        selector = make_selector(ctx.cfg, inputs.image_start, inputs.image_count) \
+            if ctx.cfg.token_prune_ratio > 0 else None
+        return cls(ctx.cfg, inputs.image_count, selector)  # always: the kept-token count is in every answer's stats
+
+    def engaged(self) -> bool:
+        return self.selector is not None
+
+    def plan(self, step: Step, plan: ExecutionPlan) -> ExecutionPlan:
+        return plan.with_(token_selector=self.selector) if step.kind == "prefill" and self.selector else plan
+
+    def stats(self) -> dict:
+        return {"image_tokens_kept": self.image_count if self.selector is None else self.selector.keep,
+                "token_scorer": None if self.selector is None else self.selector.name,
+                "token_prune_layer": None if self.selector is None else self.cfg.token_prune_layer}

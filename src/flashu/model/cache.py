@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -94,11 +94,3 @@ class PrefixEntry:
     length: int
     llm: KVCache  # per decoder layer (the executed ones)
     head: list  # per flow-head block: (keys, values)
-
-
-@dataclass
-class PrefixCache:
-    """Per-generation store of :class:`PrefixEntry` by backbone configuration (lives in the request's session,
-    which keeps what the model returns in ``GenerationOutput.prefix``). ``entries`` grows by one per distinct configuration used (a handful per generation)."""
-
-    entries: dict = field(default_factory=dict)

@@ -7,6 +7,7 @@ kept positions and reused head features without patching anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +178,19 @@ class Showo2(VisualBranches, FlowHead, nn.Module):
             if device is not None:
                 return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
         return embed.weight.device
+
+    # the forward pieces ``flashu.compile`` may replace with compiled versions of themselves
+    COMPILABLE = ("image_tokens", "run_backbone", "run_head_blocks", "velocity_from_features")
+
+    def use_compiled(self, pieces: Mapping[str, Callable] | None) -> None:
+        """Run ``pieces`` (compiled versions of :attr:`COMPILABLE` methods) in their place; ``None``: the eager
+        methods again. An instance attribute shadows the method, so every caller, inside the model too, gets it."""
+        for name in self.COMPILABLE:
+            self.__dict__.pop(name, None)
+        for name, fn in (pieces or {}).items():
+            if name not in self.COMPILABLE:
+                raise ValueError(f"{name!r} is not a compilable piece of the model ({', '.join(self.COMPILABLE)})")
+            self.__dict__[name] = fn
 
     def tie_weights_if_needed(self) -> None:
         if self.config.llm.tie_word_embeddings:

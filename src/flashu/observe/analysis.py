@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..accel.calibration import CALIBRATION_STEPS, calibration_items
+from ..accel.config import TASKS
 from ..accel.importance import ActivationNormProbe, scores_from_norms
 from ..accel.pruning import top_set
 from ..bundle import Showo2Bundle
@@ -45,7 +46,6 @@ from ..model import ExecutionPlan, Probe
 
 SCHEMA = "flashu-specialization"
 SCHEMA_VERSION = 1
-TASKS = ("t2i", "mmu")
 METHODS = ("wanda", "loo")
 METHOD_TITLES = {"wanda": "Wanda (|W|·‖X‖)", "loo": "leave-one-out squared error"}
 SHARES = ("generation_only", "both", "understanding_only")

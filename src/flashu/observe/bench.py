@@ -47,7 +47,13 @@ COMPONENTS = ("visual", "llm", "flow_head", "vae", "decode_loop")
 DEFAULT_PROMPTS = ("a red circle left of a blue square", "a lighthouse on a cliff at sunset")
 DEFAULT_QUESTIONS = ("Is there a red object in the image? Answer yes or no.",
                      "How many objects are there? A. one B. two C. three D. four Answer with the letter.")
-OFFICIAL_LOOP = "official loop (no KV cache)"
+OFFICIAL_LOOP = "official loop (no KV cache)"  # its row's name
+
+
+@dataclass(frozen=True)
+class OfficialLoop:
+    """The configuration that runs upstream's cache-less understanding loop instead of flashu's (a bench row beside
+    the FlashU configurations)."""
 SHORT_ANSWER_TOKENS = 2
 
 
@@ -190,8 +196,8 @@ class ConfigRunner:
         self.bundle, self.workload, self.inputs = bundle, workload, inputs
         self.scores, self.calibration_samples, self.progress = scores, calibration_samples, progress
 
-    def run(self, config: FlashUConfig | str, wrap: Callable[[Callable], object] = lambda f: f()):
-        if config == OFFICIAL_LOOP:
+    def run(self, config: FlashUConfig | OfficialLoop, wrap: Callable[[Callable], object] = lambda f: f()):
+        if isinstance(config, OfficialLoop):
             return wrap(self._official_loop)
         acc = accelerate(self.bundle, config, task=self.workload.task, scores=self.scores, progress=self.progress,
                          calibration_samples=self.calibration_samples)
@@ -284,12 +290,12 @@ def run_workload(bundle: Showo2Bundle, workload: Workload, config_specs: list[st
         inputs.images = default_images(bundle, len(inputs.questions))
     if task == "mmu" and len(inputs.images) != len(inputs.questions):
         raise FlashuError("give as many questions as images")
-    configs: dict = {spec: resolve_accel(spec, task) for spec in config_specs}
+    configs: dict[str, FlashUConfig | OfficialLoop] = {spec: resolve_accel(spec, task) for spec in config_specs}
     if task == "mmu" and official_loop:
-        configs[OFFICIAL_LOOP] = OFFICIAL_LOOP
+        configs[OFFICIAL_LOOP] = OfficialLoop()
     runner = ConfigRunner(bundle, workload, inputs, dict(scores or {}), calibration_samples, progress)
     names = list(configs)
-    measured = [n for n in names if n != OFFICIAL_LOOP]
+    measured = [n for n in names if not isinstance(configs[n], OfficialLoop)]
     total = len(names) * (repeats + 1) + (len(measured) if instrument else 0)
     bar = tqdm(total=total, desc=f"bench {workload.name}", unit="run", disable=not progress)
 

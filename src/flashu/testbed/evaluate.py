@@ -66,6 +66,7 @@ def calibration_scores(bundle: Showo2Bundle, samples: int = 20, progress: bool =
 class _Items:
     captions: list[str]
     qas: list[tuple[object, str, str, str]]  # image, question, answer, kind
+    topics: list[str] | None = None  # the VQA world: each question's topic (its kind within a family)
 
 
 def split_items(split: str, n_gen: int, n_mmu: int, size: int, config=None) -> _Items:
@@ -77,7 +78,9 @@ def split_items(split: str, n_gen: int, n_mmu: int, size: int, config=None) -> _
     if config is not None and vqa.asks(config):
         if split not in vqa.SPLITS:
             raise FlashuError(f"the VQA world has no split {split!r}; use one of {', '.join(vqa.SPLITS)}")
-        return _Items(captions, vqa.question_items(split, n_mmu))
+        asked = vqa.questions_of(split, n_mmu)
+        return _Items(captions, [(image, qa.question, qa.answer, qa.kind) for image, qa in asked],
+                      [qa.topic for _, qa in asked])
     qas, index = [], 0
     while len(qas) < n_mmu:
         example = world.sample(split, index, size)
@@ -150,7 +153,7 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
             report["images"] = images
 
         # ---------------------------------------------------------------- understanding
-        hits, kinds, answers, mmu_time = [], defaultdict(list), [], 0.0
+        hits, kinds, topics, answers, mmu_time = [], defaultdict(list), defaultdict(list), [], 0.0
         for image, question, expected, kind in tqdm(items.qas, desc=f"answer [{name}]", unit="q",
                                                     disable=not progress or n_mmu == 0):
             t0 = time.perf_counter()
@@ -159,12 +162,15 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
             ok = score_answer(reply.text, expected)
             hits.append(ok)
             kinds[kind].append(ok)
+            if items.topics is not None:
+                topics[f"{kind}/{items.topics[len(hits) - 1]}"].append(ok)
             answers.append(reply.text)
         if n_mmu:
             report["understanding"] = {
                 "n": n_mmu, "accuracy": sum(hits) / n_mmu, "ci95": list(wilson_interval(sum(hits), n_mmu)),
                 "by_kind": {k: sum(v) / len(v) for k, v in sorted(kinds.items())},
                 "kinds": {k: summary(v) for k, v in sorted(kinds.items())},
+                **({"topics": {k: summary(v) for k, v in sorted(topics.items())}} if topics else {}),
                 "seconds_per_answer": mmu_time / n_mmu, "answers": answers, "correct": hits,
                 "questions": [q for _, q, _, _ in items.qas], "expected": [e for _, _, e, _ in items.qas],
             }
@@ -217,6 +223,14 @@ def format_reports(reports: list[dict]) -> str:
         kinds = sorted({k for r in reports for k in (r.get("understanding") or {}).get("kinds", {})})
         lines += _table(reports, base, width, "understanding", kinds, "seconds_per_answer", "s/ans",
                         lambda u, k: _acc(u["kinds"][k]) if k in u.get("kinds", {}) else "-")
+    topics = sorted({k for r in reports for k in (r.get("understanding") or {}).get("topics", {})})
+    if topics:  # the VQA world: accuracy per family/topic, in %
+        widths = [max(len(t) + 2, 8) for t in topics]
+        lines.append(f"{'by topic (%)':<{width}}" + "".join(f"{t:>{w}}" for t, w in zip(topics, widths)))
+        for r in reports:
+            by = (r.get("understanding") or {}).get("topics", {})
+            lines.append(f"{r['accel']:<{width}}" + "".join(
+                f"{by[t]['accuracy'] * 100:>{w}.1f}" if t in by else f"{'-':>{w}}" for t, w in zip(topics, widths)))
     first = reports[0] if reports else {}
     lines.append(f"split {first.get('split')}, steps {first.get('steps')}, guidance {first.get('guidance')}, "
                  f"batch {first.get('batch_size')}, threads {first.get('threads')}; accuracy in % with its 95 % "

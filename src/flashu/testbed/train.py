@@ -58,7 +58,7 @@ from ..model.layers import RMSNorm
 from ..io.files import write_json
 from ..io.tokenizer import SpecialTokens, build_local_tokenizer
 from ..io.vae import LatentCodec, build_vae
-from . import world
+from . import vqa, world
 from .data import GenerationBatch, UnderstandingBatch, draw_generation_batch, draw_understanding_batch, to_device
 
 SHIPPED_COMMANDS = (
@@ -89,6 +89,7 @@ class TrainConfig:
     ce_weight: float = 0.5
     answer_weighting: str = "token"  # "answer": every answer weighs the same in the CE, whatever its token count
     mmu_families: str = ""  # VQA world: train only these question families (comma list; "": all) — a curriculum
+    mmu_questions: int = 0  # VQA world: questions packed per scene (0: one of each family)
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
     seed: int = 0
@@ -144,19 +145,7 @@ def build_bundle(config: Showo2Config, seed: int) -> Showo2Bundle:
                         source=config.name)
 
 
-
-
 # ------------------------------------------------------------------------------------------- batches and losses
-
-
-
-
-
-
-
-
-
-
 
 
 def flow_loss(bundle: Showo2Bundle, batch: GenerationBatch) -> torch.Tensor:
@@ -166,22 +155,12 @@ def flow_loss(bundle: Showo2Bundle, batch: GenerationBatch) -> torch.Tensor:
     return F.mse_loss(velocity.float(), batch.x1 - batch.x0)
 
 
-
-
-
-
-
-
-
-
-
-
 def generation_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> GenerationBatch:
     return draw_generation_batch(bundle, cfg.seed, step, cfg.gen_batch, cfg.uncond_prob, cfg.time_shift)
 
 
 def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> UnderstandingBatch:
-    return draw_understanding_batch(bundle, cfg.seed, step, cfg.mmu_batch, cfg.mmu_families)
+    return draw_understanding_batch(bundle, cfg.seed, step, cfg.mmu_batch, cfg.mmu_families, cfg.mmu_questions)
 
 
 def understanding_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
@@ -203,8 +182,6 @@ def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch, per_answer: bool = 
 
 
 # ------------------------------------------------------------------------------------------------ training
-
-
 
 
 @dataclass
@@ -492,6 +469,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         p.error(f"--autocast must be 'none' or 'bf16', got {cfg.autocast!r}")
     if cfg.answer_weighting not in ("token", "answer"):
         p.error(f"--answer-weighting must be 'token' or 'answer', got {cfg.answer_weighting!r}")
+    if cfg.mmu_questions < 0:
+        p.error(f"--mmu-questions must be 0 (one per family) or a positive count, got {cfg.mmu_questions}")
+    if cfg.mmu_questions and not vqa.asks(preset(cfg.model)):
+        p.error(f"--mmu-questions needs a VQA-world model (testbed-v2); {cfg.model!r} asks a fixed set per scene")
     return cfg, args
 
 

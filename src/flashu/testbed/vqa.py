@@ -205,45 +205,66 @@ def yesno_question(scene: Scene, rng: random.Random, answer: str) -> QA:
         a, b, rel = rng.choice(_related_pairs(scene))
         rel = rel if yes else _OPPOSITE[rel]
         text = f"is the {a.name} {_REL_WORDS[rel]} the {b.name}?"
-    return QA(text + _YESNO_TAIL, answer, "yesno")
+    return QA(text + _YESNO_TAIL, answer, "yesno", topic)
 
 
-def _direct_question(scene: Scene, rng: random.Random) -> tuple[str, str, list[str]]:
+def _direct_question(scene: Scene, rng: random.Random) -> tuple[str, str, list[str], str]:
     """A question about one topic (colour of a shape, shape of a colour, count, relation): its text, its one-word
-    answer and the other words of that topic (the wrong options of a lettered choice)."""
+    answer, the other words of that topic (the wrong options of a lettered choice) and the topic."""
     topics = ["shape", "count"] + (["colour"] if _unique_by_shape(scene) else []) \
         + (["relation"] if _related_pairs(scene) else [])
     topic = rng.choice(topics)
     if topic == "colour":
         item = rng.choice(_unique_by_shape(scene))
-        return f"what color is the {item.shape}?", item.colour, [c for c in COLOURS if c != item.colour]
+        return f"what color is the {item.shape}?", item.colour, [c for c in COLOURS if c != item.colour], topic
     if topic == "shape":
         item = rng.choice(scene.items)
-        return f"what shape is the {item.colour} object?", item.shape, [s for s in SHAPES if s != item.shape]
+        return f"what shape is the {item.colour} object?", item.shape, [s for s in SHAPES if s != item.shape], topic
     if topic == "count":
         n = len(scene.items)
         return "how many shapes are there?", number_word(n), [number_word(m) for m in range(1, MAX_SHAPES + 2)
-                                                              if m != n]
+                                                              if m != n], topic
     a, b, rel = rng.choice(_related_pairs(scene))
-    return f"where is the {a.name} relative to the {b.name}?", rel, [r for r in _REL_WORDS if r != rel]
+    return f"where is the {a.name} relative to the {b.name}?", rel, [r for r in _REL_WORDS if r != rel], topic
 
 
 def choice_question(scene: Scene, rng: random.Random) -> QA:
     """An MMBench-style question with lettered options; the answer is a letter."""
-    question, right, wrong = _direct_question(scene, rng)
-    return QA(*_choice(question, right, wrong, rng), "choice")
+    question, right, wrong, topic = _direct_question(scene, rng)
+    return QA(*_choice(question, right, wrong, rng), "choice", topic)
 
 
 def open_question(scene: Scene, rng: random.Random) -> QA:
     """A direct question answered with one word (colour, shape, number word or relation)."""
-    question, answer, _ = _direct_question(scene, rng)
-    return QA(question, answer, "open")
+    question, answer, _, topic = _direct_question(scene, rng)
+    return QA(question, answer, "open", topic)
+
+
+def family_question(scene: Scene, rng: random.Random, family: str) -> QA:
+    """One question of ``family`` (a yes/no question's answer is yes or no with equal probability)."""
+    if family == "yesno":
+        return yesno_question(scene, rng, rng.choice(("yes", "no")))
+    return choice_question(scene, rng) if family == "choice" else open_question(scene, rng)
 
 
 def questions(scene: Scene, rng: random.Random) -> list[QA]:
-    """One question of each family: yes/no (yes or no with equal probability), lettered choice, open."""
-    return [yesno_question(scene, rng, rng.choice(("yes", "no"))), choice_question(scene, rng),
-            open_question(scene, rng)]
+    """One question of each family: yes/no, lettered choice, open."""
+    return [family_question(scene, rng, family) for family in FAMILIES]
+
+
+def more_questions(scene: Scene, rng: random.Random, asked: list[QA], count: int,
+                   families: tuple[str, ...] = FAMILIES) -> list[QA]:
+    """``asked`` extended to ``count`` distinct questions about the same scene, the families taken in turn (a
+    training row then reads its 256 image tokens once for several answers)."""
+    out, seen = list(asked), {qa.question for qa in asked}
+    for attempt in range(8 * count):
+        if len(out) >= count:
+            break
+        qa = family_question(scene, rng, families[attempt % len(families)])
+        if qa.question not in seen:
+            seen.add(qa.question)
+            out.append(qa)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -268,15 +289,20 @@ def iter_split(split: str, n: int, start: int = 0) -> Iterator[Example]:
         yield sample(split, index)
 
 
-def question_items(split: str, n: int) -> list[tuple[Image.Image, str, str, str]]:
-    """The first ``n`` (image, question, answer, family) of ``split``, every question of a scene in turn."""
-    items: list[tuple[Image.Image, str, str, str]] = []
+def questions_of(split: str, n: int) -> list[tuple[Image.Image, QA]]:
+    """The first ``n`` (image, question) of ``split``, every question of a scene in turn."""
+    items: list[tuple[Image.Image, QA]] = []
     index = 0
     while len(items) < n:
         example = sample(split, index)
-        items += [(example.image, qa.question, qa.answer, qa.kind) for qa in example.qas][: n - len(items)]
+        items += [(example.image, qa) for qa in example.qas][: n - len(items)]
         index += 1
     return items
+
+
+def question_items(split: str, n: int) -> list[tuple[Image.Image, str, str, str]]:
+    """The first ``n`` (image, question, answer, family) of ``split``."""
+    return [(image, qa.question, qa.answer, qa.kind) for image, qa in questions_of(split, n)]
 
 
 def calibration_items(task: str, count: int) -> list:

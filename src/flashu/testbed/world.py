@@ -135,7 +135,8 @@ class Scene:
 class QA:
     question: str
     answer: str  # always one lowercase word, so exact match is meaningful
-    kind: str  # "colour", "shape", "count" or "relation"
+    kind: str  # "colour", "shape", "count" or "relation" (the VQA world: the family, "yesno", "choice" or "open")
+    topic: str = ""  # the VQA world: what is asked ("exist", "colour", "shape", "count", "relation")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,134 @@
+"""The VQA world (testbed v2): every question's answer checked against an oracle written here from the scene
+alone, the extra questions a training row packs per scene, and the packed rows they make."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+from flashu.testbed import data as D
+from flashu.testbed import train as T
+from flashu.testbed import vqa
+from flashu.testbed.world import number_word
+from test_testbed import tiny_pixel_config
+
+_REL = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
+
+
+def oracle(scene: vqa.Scene, question: str) -> tuple[str, str]:
+    """The right one-word answer of ``question`` (first line; choice options resolved by the caller) and its topic."""
+    q = question.split("\n")[0]
+    items = {f"{i.colour} {i.shape}": i for i in scene.items}
+    if m := re.fullmatch(r"is there an? (\w+) (\w+) in the image\? answer yes or no\.", q):
+        return ("yes" if (m[1], m[2]) in {(i.colour, i.shape) for i in scene.items} else "no"), "exist"
+    if m := re.fullmatch(r"are there (\w+) shapes in the image\? answer yes or no\.", q):
+        return ("yes" if number_word(len(scene.items)) == m[1] else "no"), "count"
+    if q == "is there one shape in the image? answer yes or no.":
+        return ("yes" if len(scene.items) == 1 else "no"), "count"
+    if m := re.fullmatch(r"is the (\w+ \w+) (left of|right of|above|below) the (\w+ \w+)\? answer yes or no\.", q):
+        return ("yes" if vqa.clear_relation(items[m[1]], items[m[3]]) == _REL[m[2]] else "no"), "relation"
+    if m := re.fullmatch(r"what colou?r is the (\w+)\?", q):
+        (item,) = [i for i in scene.items if i.shape == m[1]]  # asked only when it is the only one of its kind
+        return item.colour, "colour"
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", q):
+        (item,) = [i for i in scene.items if i.colour == m[1]]
+        return item.shape, "shape"
+    if q == "how many shapes are there?":
+        return number_word(len(scene.items)), "count"
+    if m := re.fullmatch(r"where is the (\w+ \w+) relative to the (\w+ \w+)\?", q):
+        return vqa.clear_relation(items[m[1]], items[m[2]]), "relation"
+    raise AssertionError(f"a question the oracle does not know: {q!r}")
+
+
+def check(scene: vqa.Scene, qa) -> None:
+    right, topic = oracle(scene, qa.question)
+    assert qa.topic == topic, qa.question
+    if qa.kind == "choice":
+        options = dict(re.findall(r"^([A-D])\. (\w+)$", qa.question, flags=re.M))
+        assert list(options.values()).count(right) == 1, qa.question
+        assert options[qa.answer] == right, qa.question
+        assert qa.question.endswith("\nanswer with the letter.")
+    else:
+        assert qa.answer == right, qa.question
+
+
+def test_every_question_has_the_answer_the_scene_gives():
+    kinds = Counter()
+    for index in range(60):
+        ex = vqa.sample("train", index)
+        for qa in ex.qas:
+            check(ex.scene, qa)
+            kinds[qa.kind, qa.answer if qa.kind == "yesno" else "-"] += 1
+    assert kinds["yesno", "yes"] > 15 and kinds["yesno", "no"] > 15  # both answers asked
+
+
+def test_more_questions_are_distinct_right_and_take_the_families_in_turn():
+    families = Counter()
+    for index in range(40):
+        ex = vqa.sample("train", index)
+        qas = vqa.more_questions(ex.scene, random.Random(index), list(ex.qas), 9)
+        assert qas[:3] == list(ex.qas)  # the scene's own questions first
+        assert len(qas) == 9 and len({qa.question for qa in qas}) == 9
+        for qa in qas:
+            check(ex.scene, qa)
+        families.update(qa.kind for qa in qas)
+    assert min(families.values()) >= 0.25 * sum(families.values())  # every family, about a third each
+    only = vqa.more_questions(ex.scene, random.Random(0), [], 4, ("choice",))
+    assert [qa.kind for qa in only] == ["choice"] * 4
+
+
+@pytest.fixture(scope="module")
+def tiny_vqa():
+    return T.build_bundle(tiny_pixel_config("testbed-v2", "tiny-vqa"), 0)
+
+
+def _segments(batch) -> list[int]:
+    """Answered segments per row (runs of consecutive answer targets)."""
+    a = (batch.targets != -100).int()
+    return ((a[:, 1:] - a[:, :-1] == 1).sum(1) + a[:, 0]).tolist()
+
+
+def test_packed_rows_hold_the_requested_questions_per_scene(tiny_vqa):
+    plain = D.draw_understanding_batch(tiny_vqa, 3, 7, 2)
+    more = D.draw_understanding_batch(tiny_vqa, 3, 7, 2, per_scene=6)
+    again = D.draw_understanding_batch(tiny_vqa, 3, 7, 2, per_scene=6)
+    assert _segments(plain) == [3, 3] and _segments(more) == [6, 6]
+    assert torch.equal(more.targets, again.targets) and torch.equal(more.mask, again.mask)  # a function of (seed, step)
+    # the first scene is the same; the extra questions draw from the step's stream, so later scenes may differ
+    assert torch.equal(plain.inputs.latents[0], more.inputs.latents[0])
+    assert more.targets.shape[1] > plain.targets.shape[1]
+    curriculum = D.draw_understanding_batch(tiny_vqa, 3, 7, 2, families="yesno", per_scene=4)
+    assert _segments(curriculum) == [4, 4]
+    eos = tiny_vqa.special.eos
+    for row in curriculum.targets:
+        answers = [t for t in row.tolist() if t not in (-100, eos)]
+        assert re.fullmatch(r"(yes|no)+", tiny_vqa.decode_text(answers))
+
+
+def test_train_cli_refuses_bad_question_counts():
+    with pytest.raises(SystemExit):
+        T.parse_args(["--out", "x", "--model", "testbed-v2", "--mmu-questions", "-1"])
+    with pytest.raises(SystemExit):
+        T.parse_args(["--out", "x", "--model", "testbed", "--mmu-questions", "6"])
+    cfg, _ = T.parse_args(["--out", "x", "--model", "testbed-v2", "--mmu-questions", "6"])
+    assert cfg.mmu_questions == 6
+
+
+def test_evaluation_reports_accuracy_per_family_and_topic(tiny_vqa):
+    from flashu.testbed.evaluate import evaluate, format_reports
+
+    report = evaluate(tiny_vqa, "none", n_gen=0, n_mmu=6, max_new_tokens=2, progress=False)
+    und = report["understanding"]
+    asked = vqa.questions_of("test", 6)
+    expected = Counter(f"{qa.kind}/{qa.topic}" for _, qa in asked)
+    assert {k: v["n"] for k, v in und["topics"].items()} == dict(expected)
+    for key, part in und["topics"].items():
+        hits = [ok for ok, (_, qa) in zip(und["correct"], asked) if f"{qa.kind}/{qa.topic}" == key]
+        assert part["correct"] == sum(hits)
+    table = format_reports([report])
+    assert "by topic" in table and all(key in table for key in expected)
+    assert all(qa.topic in ("exist", "colour", "shape", "count", "relation") for _, qa in asked)
