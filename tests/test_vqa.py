@@ -132,3 +132,27 @@ def test_evaluation_reports_accuracy_per_family_and_topic(tiny_vqa):
     table = format_reports([report])
     assert "by topic" in table and all(key in table for key in expected)
     assert all(qa.topic in ("exist", "colour", "shape", "count", "relation") for _, qa in asked)
+
+
+def test_topic_weights_thin_out_a_topic_among_the_extra_questions():
+    def count_share(weights):
+        topics = Counter()
+        for index in range(60):
+            ex = vqa.sample("train", index)
+            extra = vqa.more_questions(ex.scene, random.Random(index), list(ex.qas), 9, topic_weights=weights)[3:]
+            topics.update(qa.topic for qa in extra)
+        return topics["count"] / sum(topics.values())
+
+    plain, thinned = count_share(None), count_share({"count": 0.1})
+    assert plain > 0.15 and thinned < plain / 3
+
+
+def test_train_cli_refuses_bad_topic_weights():
+    ok = ["--out", "x", "--model", "testbed-v2", "--mmu-questions", "6"]
+    cfg, _ = T.parse_args(ok + ["--mmu-topic-weights", "count=0.25,shape=0.5"])
+    assert T.topic_weights(cfg.mmu_topic_weights) == {"count": 0.25, "shape": 0.5}
+    for bad in ("count", "size=0.5", "count=0", "count=1.5", "count=x"):
+        with pytest.raises(SystemExit):
+            T.parse_args(ok + ["--mmu-topic-weights", bad])
+    with pytest.raises(SystemExit):  # weights without extra questions weigh nothing
+        T.parse_args(["--out", "x", "--model", "testbed-v2", "--mmu-topic-weights", "count=0.5"])

@@ -149,10 +149,11 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
 
 
 def draw_understanding_batch(bundle: Showo2Bundle, seed: int, step: int, count: int,
-                             families: str = "", per_scene: int = 0) -> UnderstandingBatch:
+                             families: str = "", per_scene: int = 0,
+                             topic_weights: dict[str, float] | None = None) -> UnderstandingBatch:
     """Step ``step``'s understanding batch: ``count`` scenes, each row packing its questions (only ``families``, a
     comma list, when given: a curriculum; ``per_scene`` > 0, VQA world only: that many distinct questions per
-    scene, the families in turn)."""
+    scene, the families in turn, the extra ones kept per topic with probability ``topic_weights``)."""
     rng = step_rng(seed, step, "mmu")
     keep = tuple(f for f in filter(None, families.split(",")))
     scenes = []
@@ -162,7 +163,7 @@ def draw_understanding_batch(bundle: Showo2Bundle, seed: int, step: int, count: 
             "train", index, bundle.config.mmu_image_size)
         qas = [qa for qa in ex.qas if not keep or qa.kind in keep]
         if per_scene:
-            qas = vqa.more_questions(ex.scene, rng, qas, per_scene, keep or vqa.FAMILIES)[:per_scene]
+            qas = vqa.more_questions(ex.scene, rng, qas, per_scene, keep or vqa.FAMILIES, topic_weights)[:per_scene]
         scenes.append((ex.image, [(qa.question, qa.answer) for qa in qas]))
     return pack_understanding(bundle, scenes)
 

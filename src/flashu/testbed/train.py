@@ -90,6 +90,7 @@ class TrainConfig:
     answer_weighting: str = "token"  # "answer": every answer weighs the same in the CE, whatever its token count
     mmu_families: str = ""  # VQA world: train only these question families (comma list; "": all) — a curriculum
     mmu_questions: int = 0  # VQA world: questions packed per scene (0: one of each family)
+    mmu_topic_weights: str = ""  # VQA world, with mmu_questions: "count=0.25,…" keeps fewer extra questions of a topic
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
     seed: int = 0
@@ -160,7 +161,28 @@ def generation_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> Gener
 
 
 def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> UnderstandingBatch:
-    return draw_understanding_batch(bundle, cfg.seed, step, cfg.mmu_batch, cfg.mmu_families, cfg.mmu_questions)
+    return draw_understanding_batch(bundle, cfg.seed, step, cfg.mmu_batch, cfg.mmu_families, cfg.mmu_questions,
+                                    topic_weights(cfg.mmu_topic_weights))
+
+
+def topic_weights(spec: str) -> dict[str, float] | None:
+    """``"count=0.25,shape=0.5"`` → {"count": 0.25, "shape": 0.5}; ``""`` → None. ValueError names what is wrong."""
+    if not spec:
+        return None
+    weights = {}
+    for part in spec.split(","):
+        topic, sep, value = part.partition("=")
+        topic = topic.strip()
+        if not sep or topic not in vqa.TOPICS:
+            raise ValueError(f"{part!r}: expected TOPIC=WEIGHT with TOPIC one of {', '.join(vqa.TOPICS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: the weight must be a number in (0, 1]") from None
+        if not 0 < weight <= 1:
+            raise ValueError(f"{part!r}: the weight must be in (0, 1]")
+        weights[topic] = weight
+    return weights
 
 
 def understanding_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> torch.Tensor:
@@ -471,6 +493,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         p.error(f"--answer-weighting must be 'token' or 'answer', got {cfg.answer_weighting!r}")
     if cfg.mmu_questions < 0:
         p.error(f"--mmu-questions must be 0 (one per family) or a positive count, got {cfg.mmu_questions}")
+    if cfg.mmu_topic_weights:
+        if not cfg.mmu_questions:
+            p.error("--mmu-topic-weights weighs the extra questions of --mmu-questions; give both")
+        try:
+            topic_weights(cfg.mmu_topic_weights)
+        except ValueError as exc:
+            p.error(f"--mmu-topic-weights {exc}")
     if cfg.mmu_questions and not vqa.asks(preset(cfg.model)):
         p.error(f"--mmu-questions needs a VQA-world model (testbed-v2); {cfg.model!r} asks a fixed set per scene")
     return cfg, args

@@ -38,6 +38,7 @@ from .world import COLOURS, PALETTE, QA, SHAPES, _stable_int, draw_shape, number
 SIZE = 64  # pixels per side: 16×16 = 256 image tokens at the testbed's 4 px per token
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 FAMILIES: tuple[str, ...] = ("yesno", "choice", "open")
+TOPICS: tuple[str, ...] = ("exist", "colour", "shape", "count", "relation")
 BACKGROUNDS: tuple[str, ...] = ("gradient", "texture", "noise")
 SIDES: tuple[int, ...] = (12, 16)  # shape sides in pixels (the shapes world's 8/12 px at 32 px, scaled ×1.33)
 MAX_SHAPES = 4
@@ -253,14 +254,17 @@ def questions(scene: Scene, rng: random.Random) -> list[QA]:
 
 
 def more_questions(scene: Scene, rng: random.Random, asked: list[QA], count: int,
-                   families: tuple[str, ...] = FAMILIES) -> list[QA]:
+                   families: tuple[str, ...] = FAMILIES, topic_weights: dict[str, float] | None = None) -> list[QA]:
     """``asked`` extended to ``count`` distinct questions about the same scene, the families taken in turn (a
-    training row then reads its 256 image tokens once for several answers)."""
+    training row then reads its 256 image tokens once for several answers). ``topic_weights``: a drawn question
+    of topic t is kept with probability ``topic_weights.get(t, 1)`` (fewer questions of a topic already learnt)."""
     out, seen = list(asked), {qa.question for qa in asked}
-    for attempt in range(8 * count):
+    for attempt in range(16 * count):
         if len(out) >= count:
             break
         qa = family_question(scene, rng, families[attempt % len(families)])
+        if topic_weights and rng.random() >= topic_weights.get(qa.topic, 1.0):
+            continue
         if qa.question not in seen:
             seen.add(qa.question)
             out.append(qa)
