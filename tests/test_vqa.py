@@ -156,3 +156,36 @@ def test_train_cli_refuses_bad_topic_weights():
             T.parse_args(ok + ["--mmu-topic-weights", bad])
     with pytest.raises(SystemExit):  # weights without extra questions weigh nothing
         T.parse_args(["--out", "x", "--model", "testbed-v2", "--mmu-topic-weights", "count=0.5"])
+
+
+def test_prefix_once_gives_the_packed_rows_loss_and_gradients(tiny_vqa):
+    """Running each scene's prefix once and then every question row against its keys/values is the packed rows'
+    function: same loss, same gradients (float rounding apart)."""
+    batch = D.draw_understanding_batch(tiny_vqa, 5, 3, 3, per_scene=5)
+    assert sum(seg.ids.shape[0] for seg in batch.segments) == 15 and len(batch.segments) > 1
+    assert sorted(torch.cat([seg.scene for seg in batch.segments]).tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    widths = [seg.ids.shape[1] for seg in batch.segments]
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # batched by length: less padding
+    model = tiny_vqa.model
+    results = []
+    for prefix_once in (False, True):
+        for per_answer in (False, True):
+            model.zero_grad()
+            loss = T.ce_loss(tiny_vqa, batch, per_answer=per_answer, prefix_once=prefix_once)
+            loss.backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+    for (packed, packed_grads), (once, once_grads) in zip(results[:2], results[2:]):
+        torch.testing.assert_close(once, packed, rtol=1e-5, atol=1e-6)
+        assert packed_grads.keys() == once_grads.keys() and len(packed_grads) > 20
+        for name in packed_grads:
+            torch.testing.assert_close(once_grads[name], packed_grads[name], rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+
+
+def test_train_cli_reads_boolean_flags():
+    ok = ["--out", "x", "--model", "testbed-v2"]
+    assert T.parse_args(ok)[0].mmu_prefix_once is True
+    assert T.parse_args(ok + ["--mmu-prefix-once", "false"])[0].mmu_prefix_once is False
+    with pytest.raises(SystemExit):
+        T.parse_args(ok + ["--mmu-prefix-once", "maybe"])

@@ -66,6 +66,20 @@ def draw_generation_batch(bundle: Showo2Bundle, seed: int, step: int, count: int
 
 
 @dataclass
+class SegmentRows:
+    """The packed rows' questions again, one row per question: to run after each scene's prefix has run once
+    (its keys/values then serve every question of the scene), which spares the packed rows' attention between
+    segments that the mask discards anyway."""
+
+    ids: torch.Tensor  # [N, Ls] question + answer tokens, padded
+    scene: torch.Tensor  # [N] the prefix row (scene) each segment reads
+    positions: torch.Tensor  # [N, Ls] continuing from the prefix, as in the segment's own sequence
+    mask: torch.Tensor  # [N, 1, Ls, P + Ls] additive over [prefix, segment]: the whole prefix, the segment causally
+    targets: torch.Tensor  # [N, Ls]
+    answer_weights: torch.Tensor  # [N, Ls]
+
+
+@dataclass
 class UnderstandingBatch:
     inputs: UnderstandingInputs  # [B, L] packed rows (the same prefix in every row)
     positions: torch.Tensor  # [B, L]
@@ -74,6 +88,8 @@ class UnderstandingBatch:
     # [B, L] per-position loss weights: 1 / (tokens of its answer), so that every answer counts once whatever its
     # length (``--answer-weighting answer``); zero where there is no loss
     answer_weights: torch.Tensor | None = None
+    prefix: UnderstandingInputs | None = None  # [B, P] each scene's prefix alone (the image block included)
+    segments: list[SegmentRows] | None = None  # the same questions, one row each (batched by length), after them
 
 
 def understanding_prefix(bundle: Showo2Bundle, image_size: int | None = None) -> tuple[list[int], int, int]:
@@ -144,8 +160,45 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
         for n in segments[row][answered[row]].unique().tolist():
             where = answered[row] & (segments[row] == n)
             weights[row][where] = 1.0 / int(where.sum())
+    prefix_inputs = UnderstandingInputs(ids[:, :P], block_offset, block_len, latents,
+                                        bundle.config.understanding_layout)
     return UnderstandingBatch(inputs, torch.tensor(rows_pos), additive_mask(allowed[:, None], torch.float32),
-                              targets, weights)
+                              targets, weights, prefix_inputs, segment_rows(bundle, scenes, P))
+
+
+def segment_rows(bundle: Showo2Bundle, scenes: list[tuple[object, list[tuple[str, str]]]], P: int,
+                 groups: int = 6) -> list[SegmentRows]:
+    """One row per question of ``scenes`` (prefix length ``P``): the tokens, targets and weights its packed
+    segment has, its scene's index, positions from ``P`` and the [prefix | causal segment] mask. Rows are sorted
+    by length into ``groups`` batches, each padded to its own longest (a lettered choice is three times a short
+    question: one batch would be half padding)."""
+    rows = []
+    for index, (_, qas) in enumerate(scenes):
+        for question, answer in qas:
+            tokens, prompt_len = qa_segment(bundle, question, answer)
+            tgt = [-100] * len(tokens)
+            for j in range(prompt_len, len(tokens)):
+                tgt[j - 1] = tokens[j]
+            weight = 1.0 / (len(tokens) - prompt_len)
+            rows.append((tokens, index, tgt, [weight if t != -100 else 0.0 for t in tgt]))
+    rows.sort(key=lambda r: len(r[0]))
+    size = -(-len(rows) // max(1, groups))
+    return [_segment_batch(bundle, rows[i:i + size], P) for i in range(0, len(rows), size)]
+
+
+def _segment_batch(bundle: Showo2Bundle, rows: list[tuple], P: int) -> SegmentRows:
+    Ls = max(len(tokens) for tokens, *_ in rows)
+    pad = bundle.special.pad
+    lengths = torch.tensor([len(tokens) for tokens, *_ in rows])
+    ids = torch.tensor([tokens + [pad] * (Ls - len(tokens)) for tokens, *_ in rows])
+    tgt = torch.tensor([t + [-100] * (Ls - len(t)) for _, _, t, _ in rows])
+    wts = torch.tensor([w + [0.0] * (Ls - len(w)) for *_, w in rows])
+    steps = torch.arange(Ls)
+    positions = (P + steps)[None] * (steps[None] < lengths[:, None])  # padding at position 0, as in packed rows
+    causal = steps[:, None] >= steps[None, :]
+    allowed = torch.cat([torch.ones(Ls, P, dtype=torch.bool), causal], dim=1)  # padding is after every real token
+    mask = additive_mask(allowed[None, None].expand(len(rows), 1, Ls, P + Ls), torch.float32)
+    return SegmentRows(ids, torch.tensor([scene for _, scene, _, _ in rows]), positions, mask, tgt, wts)
 
 
 def draw_understanding_batch(bundle: Showo2Bundle, seed: int, step: int, count: int,

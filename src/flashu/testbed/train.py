@@ -38,6 +38,7 @@ squares still had ragged edges; docs/testbed.md has the figures).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 
 from ..bundle import Showo2Bundle
 from ..config import Showo2Config, preset
-from ..model import Showo2
+from ..model import KVCache, Showo2
 from ..model.layers import RMSNorm
 from ..io.files import write_json
 from ..io.tokenizer import SpecialTokens, build_local_tokenizer
@@ -90,6 +91,7 @@ class TrainConfig:
     answer_weighting: str = "token"  # "answer": every answer weighs the same in the CE, whatever its token count
     mmu_families: str = ""  # VQA world: train only these question families (comma list; "": all) — a curriculum
     mmu_questions: int = 0  # VQA world: questions packed per scene (0: one of each family)
+    mmu_prefix_once: bool = True  # each scene's prefix runs once, then its questions (same loss, less attention)
     mmu_topic_weights: str = ""  # VQA world, with mmu_questions: "count=0.25,…" keeps fewer extra questions of a topic
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
@@ -191,16 +193,43 @@ def understanding_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> tor
     return bundle.model.showo.lm_head(out.hidden)
 
 
-def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch, per_answer: bool = False) -> torch.Tensor:
+def segment_logits(bundle: Showo2Bundle, batch: UnderstandingBatch) -> list[torch.Tensor]:
+    """LM logits of each batch of ``batch.segments`` [N, Ls, V]: each scene's prefix runs once (keys/values kept in
+    a cache, differentiably), then every question row attends to its scene's. The same function as the packed rows
+    (up to float rounding) without their attention between segments."""
+    model = bundle.model
+    scenes, length = batch.prefix.input_ids.shape
+    cache = KVCache.for_model(model, scenes, length)
+    model.forward_understanding(batch.prefix, cache=cache)
+    logits = []
+    for seg in batch.segments:
+        per_segment = copy.copy(cache)  # the same cache, one row per segment (its scene's)
+        per_segment.keys = [k.index_select(0, seg.scene) for k in cache.keys]
+        per_segment.values = [v.index_select(0, seg.scene) for v in cache.values]
+        out = model.run_backbone(model.showo.model.embed_tokens(seg.ids), seg.positions, seg.mask,
+                                 prefix=per_segment)
+        logits.append(model.showo.lm_head(out.hidden))
+    return logits
+
+
+def ce_loss(bundle: Showo2Bundle, batch: UnderstandingBatch, per_answer: bool = False,
+            prefix_once: bool = False) -> torch.Tensor:
     """Next-token cross-entropy on the answers: averaged over answer tokens, or (``per_answer``) over answers, each
-    answer's tokens averaged first — a one-letter answer then weighs as much as a spelled-out word."""
-    logits = understanding_logits(bundle, batch)
-    if not per_answer:
-        return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=-100,
-                             reduction="none")
-    weights = batch.answer_weights.flatten()
-    return (losses * weights).sum() / weights.sum()
+    answer's tokens averaged first — a one-letter answer then weighs as much as a spelled-out word. ``prefix_once``:
+    computed on the segment rows after each prefix ran once (:func:`segment_logits`) instead of the packed rows."""
+    if prefix_once:
+        parts = [(logits, seg.targets, seg.answer_weights)
+                 for logits, seg in zip(segment_logits(bundle, batch), batch.segments)]
+    else:
+        parts = [(understanding_logits(bundle, batch), batch.targets, batch.answer_weights)]
+    total = count = 0
+    for logits, targets, weights in parts:
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                 reduction="none")
+        weights = weights.flatten() if per_answer else (targets.flatten() != -100).float()
+        total = total + (losses * weights).sum()
+        count = count + weights.sum()
+    return total / count
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -354,7 +383,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 loss = loss + cfg.flow_weight * terms["flow"]
             if cfg.ce_weight > 0 and cfg.mmu_batch > 0:
                 terms["ce"] = ce_loss(bundle, to_device(understanding_batch(bundle, cfg, step), device),
-                                      per_answer=cfg.answer_weighting == "answer")
+                                      per_answer=cfg.answer_weighting == "answer", prefix_once=cfg.mmu_prefix_once)
                 loss = loss + cfg.ce_weight * terms["ce"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -467,6 +496,13 @@ def record_reference(bundle: Showo2Bundle) -> dict:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+def _flag(text: str) -> bool:
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m flashu.testbed.train", description=__doc__.split("\n\n")[0],
@@ -484,6 +520,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         if f.name == "extra":
             continue
         value = getattr(defaults, f.name)
+        if isinstance(value, bool):  # --flag true|false (bool("false") would be True)
+            p.add_argument("--" + f.name.replace("_", "-"), type=_flag, metavar="{true,false}", default=value)
+            continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=value)
     args = p.parse_args(argv)
     cfg = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "extra"})
