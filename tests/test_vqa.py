@@ -189,3 +189,27 @@ def test_train_cli_reads_boolean_flags():
     assert T.parse_args(ok + ["--mmu-prefix-once", "false"])[0].mmu_prefix_once is False
     with pytest.raises(SystemExit):
         T.parse_args(ok + ["--mmu-prefix-once", "maybe"])
+
+
+def test_a_second_stage_may_widen_the_position_table(tmp_path):
+    """--init from a model whose SigLIP position table is 8×8 into one whose table is 16×16: the table is resized
+    as the model resizes it at run time, so the 64 px understanding branch computes what it computed before."""
+    import dataclasses
+
+    narrow = T.build_bundle(tiny_pixel_config("testbed-v2", "narrow"), 0)
+    narrow.model.init_random_weights(3)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": narrow.model.state_dict(), "model_config": narrow.config.to_dict()}, path)
+    wide_cfg = tiny_pixel_config("testbed-v2", "wide")
+    wide_cfg.vision = dataclasses.replace(wide_cfg.vision, position_grid=16)
+    wide = T.build_bundle(wide_cfg, 1)
+    T._load_weights(wide.model, path, wide_cfg)
+    assert wide.model.position_embedding.weight.shape[0] == 256
+    latents = narrow.codec.encode(torch.rand(2, 3, 64, 64) * 2 - 1)  # two 64 px understanding images
+    with torch.no_grad():
+        torch.testing.assert_close(wide.model.semantic_tokens(latents), narrow.model.semantic_tokens(latents),
+                                   rtol=1e-5, atol=1e-5)
+    other = tiny_pixel_config("testbed-v2", "other")
+    other.llm = dataclasses.replace(other.llm, num_layers=4)
+    with pytest.raises(SystemExit, match="another model architecture"):
+        T._load_weights(T.build_bundle(other, 0).model, path, other)

@@ -501,6 +501,10 @@ def _testbed_v2() -> Showo2Config:
     cfg.name = "testbed-v2"
     cfg.calibration_source = "vqa-world"  # shapes-world captions, VQA-world questions
     cfg.understanding_image_size = 64
+    # the SigLIP position table at the understanding grid (16×16), as Show-o2's at its native 384 px: an 8×8 table
+    # resized to 16×16 left the image tokens nearly blind to their column (benchmarks/token_probe.py); generation's
+    # 32 px images use the resized table
+    cfg.vision.position_grid = 16
     return cfg
 
 

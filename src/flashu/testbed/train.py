@@ -425,6 +425,13 @@ def _architecture(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
 
 
+def _resize_table(table: torch.Tensor, grid: int, new_grid: int) -> torch.Tensor:
+    """A g×g position table [g², H] resized to ``new_grid``² (bicubic, as ``Showo2.position_table`` at run time)."""
+    square = table.float().reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(square, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(table.dtype)
+
+
 def _load_weights(model: torch.nn.Module, path: Path, config: Showo2Config) -> dict:
     """Load weights into ``model`` after checking they have ``config``'s architecture: a training checkpoint
     (``checkpoint.pt``, returned whole) or a :func:`flashu.save_pretrained` directory (an exported model, e.g. the
@@ -436,9 +443,16 @@ def _load_weights(model: torch.nn.Module, path: Path, config: Showo2Config) -> d
         state = {"model": loaded.model.state_dict(), "model_config": loaded.config.to_dict()}
     else:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    if _architecture(state["model_config"]) != _architecture(config.to_dict()):
+    weights = state["model"]
+    saved, wanted = _architecture(state["model_config"]), _architecture(config.to_dict())
+    saved_grid, wanted_grid = saved["vision"]["position_grid"], wanted["vision"]["position_grid"]
+    if saved_grid != wanted_grid:  # a second stage may widen the SigLIP position table: resized as at run time
+        saved["vision"] = {**saved["vision"], "position_grid": wanted_grid}
+        weights = {k: (_resize_table(v, saved_grid, wanted_grid) if k.endswith("position_embedding.weight") else v)
+                   for k, v in weights.items()}
+    if saved != wanted:
         raise SystemExit(f"{path} was trained with another model architecture")
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     model.tie_weights_if_needed()
     return state
 
