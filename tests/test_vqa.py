@@ -161,7 +161,10 @@ def test_train_cli_refuses_bad_topic_weights():
 def test_prefix_once_gives_the_packed_rows_loss_and_gradients(tiny_vqa):
     """Running each scene's prefix once and then every question row against its keys/values is the packed rows'
     function: same loss, same gradients (float rounding apart)."""
-    batch = D.draw_understanding_batch(tiny_vqa, 5, 3, 3, per_scene=5)
+    packed = D.draw_understanding_batch(tiny_vqa, 5, 3, 3, per_scene=5)
+    batch = D.draw_understanding_batch(tiny_vqa, 5, 3, 3, per_scene=5, prefix_once=True)
+    assert batch.inputs is None and packed.segments is None  # one layout each, never both built
+    torch.testing.assert_close(batch.prefix.latents, packed.inputs.latents)
     assert sum(seg.ids.shape[0] for seg in batch.segments) == 15 and len(batch.segments) > 1
     assert sorted(torch.cat([seg.scene for seg in batch.segments]).tolist()) == [0] * 5 + [1] * 5 + [2] * 5
     widths = [seg.ids.shape[1] for seg in batch.segments]
@@ -171,7 +174,8 @@ def test_prefix_once_gives_the_packed_rows_loss_and_gradients(tiny_vqa):
     for prefix_once in (False, True):
         for per_answer in (False, True):
             model.zero_grad()
-            loss = T.ce_loss(tiny_vqa, batch, per_answer=per_answer, prefix_once=prefix_once)
+            loss = T.ce_loss(tiny_vqa, batch if prefix_once else packed, per_answer=per_answer,
+                             prefix_once=prefix_once)
             loss.backward()
             results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                             if p.grad is not None}))

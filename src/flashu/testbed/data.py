@@ -81,15 +81,18 @@ class SegmentRows:
 
 @dataclass
 class UnderstandingBatch:
-    inputs: UnderstandingInputs  # [B, L] packed rows (the same prefix in every row)
-    positions: torch.Tensor  # [B, L]
-    mask: torch.Tensor  # [B, 1, L, L] additive
-    targets: torch.Tensor  # [B, L] next-token labels, -100 where no loss
+    """One step's questions, either as packed rows (``inputs`` … ``answer_weights``) or, with the prefix run once,
+    as the scenes' prefixes and the question rows that follow them (``prefix``, ``segments``)."""
+
+    inputs: UnderstandingInputs | None = None  # [B, L] packed rows (the same prefix in every row)
+    positions: torch.Tensor | None = None  # [B, L]
+    mask: torch.Tensor | None = None  # [B, 1, L, L] additive
+    targets: torch.Tensor | None = None  # [B, L] next-token labels, -100 where no loss
     # [B, L] per-position loss weights: 1 / (tokens of its answer), so that every answer counts once whatever its
     # length (``--answer-weighting answer``); zero where there is no loss
     answer_weights: torch.Tensor | None = None
     prefix: UnderstandingInputs | None = None  # [B, P] each scene's prefix alone (the image block included)
-    segments: list[SegmentRows] | None = None  # the same questions, one row each (batched by length), after them
+    segments: list[SegmentRows] | None = None  # its questions, one row each (batched by length), after it
 
 
 def understanding_prefix(bundle: Showo2Bundle, image_size: int | None = None) -> tuple[list[int], int, int]:
@@ -108,11 +111,19 @@ def qa_segment(bundle: Showo2Bundle, question: str, answer: str) -> tuple[list[i
     return prompt + bundle.encode_user_text(answer) + [bundle.special.eos], len(prompt)
 
 
-def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tuple[str, str]]]]) -> UnderstandingBatch:
+def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tuple[str, str]]]],
+                       prefix_once: bool = False) -> UnderstandingBatch:
     """Rows of [prefix][segment 1][segment 2]…: each segment sees the prefix (omni mask: the image block
-    bidirectional) and, causally, itself; its positions continue from the prefix as in its own sequence."""
+    bidirectional) and, causally, itself; its positions continue from the prefix as in its own sequence.
+    ``prefix_once``: the same questions as each scene's prefix plus one row per question (:func:`segment_rows`)."""
     prefix, block_offset, block_len = understanding_prefix(bundle)
     P = len(prefix)
+    size = bundle.config.mmu_image_size  # as answer() preprocesses (the identity at the native size)
+    latents = bundle.codec.encode(torch.stack([preprocess_image(image, size) for image, _ in scenes]))
+    if prefix_once:
+        prefix_inputs = UnderstandingInputs(torch.tensor([prefix] * len(scenes)), block_offset, block_len, latents,
+                                            bundle.config.understanding_layout)
+        return UnderstandingBatch(prefix=prefix_inputs, segments=segment_rows(bundle, scenes, P))
     rows, rows_pos, rows_seg, rows_tgt = [], [], [], []
     for _, qas in scenes:
         ids, pos, seg, tgt = list(prefix), list(range(P)), [0] * P, [-100] * P
@@ -140,8 +151,6 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
         tgt += [-100] * extra
     ids = torch.tensor(rows)
     seg = torch.tensor(rows_seg)
-    size = bundle.config.mmu_image_size  # as answer() preprocesses (the identity at the native size)
-    latents = bundle.codec.encode(torch.stack([preprocess_image(image, size) for image, _ in scenes]))
     inputs = UnderstandingInputs(ids, block_offset, block_len, latents, bundle.config.understanding_layout)
     start, length = inputs.attention_block
     idx = torch.arange(L)
@@ -160,10 +169,8 @@ def pack_understanding(bundle: Showo2Bundle, scenes: list[tuple[object, list[tup
         for n in segments[row][answered[row]].unique().tolist():
             where = answered[row] & (segments[row] == n)
             weights[row][where] = 1.0 / int(where.sum())
-    prefix_inputs = UnderstandingInputs(ids[:, :P], block_offset, block_len, latents,
-                                        bundle.config.understanding_layout)
     return UnderstandingBatch(inputs, torch.tensor(rows_pos), additive_mask(allowed[:, None], torch.float32),
-                              targets, weights, prefix_inputs, segment_rows(bundle, scenes, P))
+                              targets, weights)
 
 
 def segment_rows(bundle: Showo2Bundle, scenes: list[tuple[object, list[tuple[str, str]]]], P: int,
@@ -203,10 +210,12 @@ def _segment_batch(bundle: Showo2Bundle, rows: list[tuple], P: int) -> SegmentRo
 
 def draw_understanding_batch(bundle: Showo2Bundle, seed: int, step: int, count: int,
                              families: str = "", per_scene: int = 0,
-                             topic_weights: dict[str, float] | None = None) -> UnderstandingBatch:
+                             topic_weights: dict[str, float] | None = None,
+                             prefix_once: bool = False) -> UnderstandingBatch:
     """Step ``step``'s understanding batch: ``count`` scenes, each row packing its questions (only ``families``, a
     comma list, when given: a curriculum; ``per_scene`` > 0, VQA world only: that many distinct questions per
-    scene, the families in turn, the extra ones kept per topic with probability ``topic_weights``)."""
+    scene, the families in turn, the extra ones kept per topic with probability ``topic_weights``; ``prefix_once``:
+    laid out for :func:`flashu.testbed.train.segment_logits`)."""
     rng = step_rng(seed, step, "mmu")
     keep = tuple(f for f in filter(None, families.split(",")))
     scenes = []
@@ -218,7 +227,7 @@ def draw_understanding_batch(bundle: Showo2Bundle, seed: int, step: int, count: 
         if per_scene:
             qas = vqa.more_questions(ex.scene, rng, qas, per_scene, keep or vqa.FAMILIES, topic_weights)[:per_scene]
         scenes.append((ex.image, [(qa.question, qa.answer) for qa in qas]))
-    return pack_understanding(bundle, scenes)
+    return pack_understanding(bundle, scenes, prefix_once)
 
 
 def to_device(batch, device: torch.device):

@@ -154,8 +154,8 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
 
         # ---------------------------------------------------------------- understanding
         hits, kinds, topics, answers, mmu_time = [], defaultdict(list), defaultdict(list), [], 0.0
-        for image, question, expected, kind in tqdm(items.qas, desc=f"answer [{name}]", unit="q",
-                                                    disable=not progress or n_mmu == 0):
+        for number, (image, question, expected, kind) in enumerate(tqdm(items.qas, desc=f"answer [{name}]",
+                                                                         unit="q", disable=not progress or n_mmu == 0)):
             t0 = time.perf_counter()
             reply = answer(bundle, image, question, max_new_tokens=max_new_tokens)
             mmu_time += time.perf_counter() - t0
@@ -163,7 +163,7 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
             hits.append(ok)
             kinds[kind].append(ok)
             if items.topics is not None:
-                topics[f"{kind}/{items.topics[len(hits) - 1]}"].append(ok)
+                topics[f"{kind}/{items.topics[number]}"].append(ok)
             answers.append(reply.text)
         if n_mmu:
             report["understanding"] = {

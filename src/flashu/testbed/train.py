@@ -164,7 +164,7 @@ def generation_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> Gener
 
 def understanding_batch(bundle: Showo2Bundle, cfg: TrainConfig, step: int) -> UnderstandingBatch:
     return draw_understanding_batch(bundle, cfg.seed, step, cfg.mmu_batch, cfg.mmu_families, cfg.mmu_questions,
-                                    topic_weights(cfg.mmu_topic_weights))
+                                    topic_weights(cfg.mmu_topic_weights), cfg.mmu_prefix_once)
 
 
 def topic_weights(spec: str) -> dict[str, float] | None:
