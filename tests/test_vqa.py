@@ -217,3 +217,37 @@ def test_a_second_stage_may_widen_the_position_table(tmp_path):
     other.llm = dataclasses.replace(other.llm, num_layers=4)
     with pytest.raises(SystemExit, match="another model architecture"):
         T._load_weights(T.build_bundle(other, 0).model, path, other)
+
+
+def test_the_sincos_position_pattern_tells_every_row_and_column_apart():
+    pattern = T.sincos_grid(16, 128)
+    assert pattern.shape == (256, 128)
+    torch.testing.assert_close(pattern.pow(2).mean(), torch.tensor(1.0))
+    distances = torch.cdist(pattern, pattern) + torch.eye(256) * 1e3
+    assert distances.min() > 0.1  # no two grid cells share an embedding
+    square = pattern.reshape(16, 16, 128)
+    # the first half depends on the row only, the second on the column only
+    assert torch.equal(square[:, :1, :64].expand(16, 16, 64), square[:, :, :64])
+    assert torch.equal(square[:1, :, 64:].expand(16, 16, 64), square[:, :, 64:])
+    assert T.sincos_grid(4, 30).shape == (16, 30)  # widths not divisible by 4 are padded with zeros
+
+
+def test_position_sincos_changes_the_table_at_a_fresh_start_only(tmp_path, capsys):
+    """The pattern is added once, when a run starts; --resume continues the learnt table as it was."""
+    model_config = tiny_pixel_config("testbed-v2", "sincos")
+    bundle = T.build_bundle(model_config, 0)
+    start = bundle.model.position_embedding.weight.detach().clone()
+    T.add_position_pattern(bundle.model, 2.0)
+    moved = (bundle.model.position_embedding.weight - start).pow(2).mean().sqrt()
+    torch.testing.assert_close(moved, 2.0 * start.pow(2).mean().sqrt(), rtol=1e-4, atol=0)
+
+    cfg = T.TrainConfig(model="testbed-v2", steps=1, gen_batch=1, mmu_batch=1, position_sincos=2.0, log_every=1,
+                        checkpoint_every=1)
+    trained = T.train(cfg, tmp_path / "run", progress=False, model_config=model_config)
+    table = trained.model.position_embedding.weight.detach().clone()
+    again = T.train(cfg, tmp_path / "run", resume=True, progress=False, model_config=model_config)  # 0 steps left
+    assert torch.equal(again.model.position_embedding.weight, table)
+
+    with pytest.raises(SystemExit):
+        T.parse_args(["--out", "x", "--model", "testbed-v2", "--position-sincos", "-1"])
+    assert "--position-sincos must be a finite number >= 0" in capsys.readouterr().err

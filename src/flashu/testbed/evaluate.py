@@ -173,6 +173,8 @@ def evaluate(bundle: Showo2Bundle, accel: str | FlashUConfig = "none", *, n_gen:
                 **({"topics": {k: summary(v) for k, v in sorted(topics.items())}} if topics else {}),
                 "seconds_per_answer": mmu_time / n_mmu, "answers": answers, "correct": hits,
                 "questions": [q for _, q, _, _ in items.qas], "expected": [e for _, _, e, _ in items.qas],
+                "question_kinds": [k for _, _, _, k in items.qas],
+                **({"question_topics": list(items.topics)} if items.topics is not None else {}),
             }
     return report
 

@@ -93,6 +93,8 @@ class TrainConfig:
     mmu_questions: int = 0  # VQA world: questions packed per scene (0: one of each family)
     mmu_prefix_once: bool = True  # each scene's prefix runs once, then its questions (same loss, less attention)
     mmu_topic_weights: str = ""  # VQA world, with mmu_questions: "count=0.25,…" keeps fewer extra questions of a topic
+    position_sincos: float = 0.0  # on a fresh start: add a 2-D sin/cos pattern, this many times the SigLIP position
+    # table's RMS, to the table (every row and column distinct; a smooth or resized table hardly tells columns apart)
     uncond_prob: float = 0.1  # captions dropped to the empty (CFG) row
     time_shift: float = 3.0  # t ← t / (t + shift·(1 − t)): noisy times as often as the sampler's grid (shift 3)
     seed: int = 0
@@ -359,6 +361,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 raise SystemExit(f"--init {init}: neither a training run ({CHECKPOINT}) nor an exported model "
                                  "(config.json); pass a run directory, its checkpoint or a save_pretrained directory")
             _load_weights(model, init_path, config)
+        if cfg.position_sincos:
+            add_position_pattern(model, cfg.position_sincos)
         (out / LOSSES_CSV).unlink(missing_ok=True)
     write_json(out / "train_config.json", {"train": asdict(cfg), "model": config.to_dict()})
 
@@ -430,6 +434,30 @@ def _resize_table(table: torch.Tensor, grid: int, new_grid: int) -> torch.Tensor
     square = table.float().reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
     resized = F.interpolate(square, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     return resized.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(table.dtype)
+
+
+def sincos_grid(grid: int, width: int) -> torch.Tensor:
+    """A fixed 2-D sin/cos position pattern [grid², width]: the first half encodes the row, the second the column,
+    each with ``width // 4`` frequencies (unit RMS)."""
+    quarter = width // 4
+    omega = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    angles = torch.arange(grid, dtype=torch.float32)[:, None] * omega[None] * (math.pi / 2)
+    axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # [grid, width / 2]
+    rows = axis[:, None, :].expand(grid, grid, -1)
+    columns = axis[None, :, :].expand(grid, grid, -1)
+    pattern = torch.cat([rows, columns], dim=-1).reshape(grid * grid, -1)
+    pattern = F.pad(pattern, (0, width - pattern.shape[1]))
+    return pattern / pattern.pow(2).mean().sqrt()
+
+
+@torch.no_grad()
+def add_position_pattern(model: torch.nn.Module, scale: float) -> None:
+    """Add ``scale`` × the table's RMS × :func:`sincos_grid` to the SigLIP position table (a training start only:
+    the table stays a learnt table, so the architecture and the exactness against Show-o2 are unchanged)."""
+    table = model.position_embedding.weight
+    grid = model.config.vision.position_grid
+    rms = table.float().pow(2).mean().sqrt()
+    table += (scale * rms * sincos_grid(grid, table.shape[1]).to(table.device)).to(table.dtype)
 
 
 def _load_weights(model: torch.nn.Module, path: Path, config: Showo2Config) -> dict:
@@ -544,6 +572,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         p.error(f"--autocast must be 'none' or 'bf16', got {cfg.autocast!r}")
     if cfg.answer_weighting not in ("token", "answer"):
         p.error(f"--answer-weighting must be 'token' or 'answer', got {cfg.answer_weighting!r}")
+    if not math.isfinite(cfg.position_sincos) or cfg.position_sincos < 0:
+        p.error(f"--position-sincos must be a finite number >= 0, got {cfg.position_sincos}")
     if cfg.mmu_questions < 0:
         p.error(f"--mmu-questions must be 0 (one per family) or a positive count, got {cfg.mmu_questions}")
     if cfg.mmu_topic_weights:

@@ -1,0 +1,66 @@
+"""benchmarks/understanding_choice.py: retention per family, paired lost/gained answers, the cheapest qualifying
+configuration first."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "understanding_choice.py"
+
+
+@pytest.fixture(scope="module")
+def choice():
+    spec = importlib.util.spec_from_file_location("understanding_choice", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["understanding_choice"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(accel, correct, kinds):
+    return {"accel": accel, "split": "test", "understanding": {
+        "n": len(correct), "correct": correct, "question_kinds": kinds, "seconds_per_answer": 0.01}}
+
+
+KINDS = ["yesno", "choice"] * 4
+NONE = [True, True, True, True, True, False, True, True]  # yesno 4/4, choice 3/4
+
+
+def test_retention_lost_and_gained_are_per_family_and_paired(choice):
+    pruned = "paper:understanding.prune_ratio=0,understanding.layer_skip_ratio=0,understanding.token_prune_ratio=0.75"
+    reports = [_report("none", NONE, KINDS),
+               _report(pruned, [True, True, False, True, True, True, True, False], KINDS)]
+    rows = {r["accel"]: r for r in choice.rows(reports, layers=10)}
+    row = rows[pruned]
+    assert row["families"]["yesno"] == {"n": 4, "accuracy": 0.75, "retention": 0.75, "lost": 1, "gained": 0}
+    # choice: lost question 7, gained question 5 — accuracy unchanged, but both changes are counted
+    assert row["families"]["choice"] == {"n": 4, "accuracy": 0.75, "retention": 1.0, "lost": 1, "gained": 1}
+    assert row["min_retention"] == 0.75
+    assert row["work"] == pytest.approx((2 + 8 * 0.25) / 10)  # K = 2 of 10 layers full, then a quarter
+    assert rows["none"]["work"] == 1.0 and rows["none"]["min_retention"] == 1.0
+
+
+def test_the_cli_lists_qualifying_configurations_cheapest_first(choice, tmp_path, capsys):
+    cheap = "paper:understanding.prune_ratio=0,understanding.layer_skip_ratio=0,understanding.token_prune_ratio=0.875"
+    lossy = "paper:understanding.prune_ratio=0,understanding.layer_skip_ratio=0,understanding.token_prune_ratio=0.9"
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps([_report("none", NONE, KINDS), _report("paper", NONE, KINDS),
+                                _report(cheap, NONE, KINDS), _report(lossy, [False] * 8, KINDS)]))
+    assert choice.main([str(path), "--json", str(tmp_path / "out.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("tokens:ratio=0.875") and lines[1].endswith("yes")
+    assert lines[-1].startswith("tokens:ratio=0.9") and not lines[-1].endswith("yes")
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["keep"] == 0.97 and len(saved["rows"]) == 4
+
+
+def test_a_sweep_without_a_baseline_is_refused(choice, tmp_path):
+    with pytest.raises(SystemExit, match="no 'none' row"):
+        choice.rows([_report("paper", NONE, KINDS)], layers=10)
+    with pytest.raises(SystemExit, match="not the same set"):
+        choice.rows([_report("none", NONE, KINDS), _report("paper", NONE[:4], KINDS[:4])], layers=10)
