@@ -64,3 +64,25 @@ def test_a_sweep_without_a_baseline_is_refused(choice, tmp_path):
         choice.rows([_report("paper", NONE, KINDS)], layers=10)
     with pytest.raises(SystemExit, match="not the same set"):
         choice.rows([_report("none", NONE, KINDS), _report("paper", NONE[:4], KINDS[:4])], layers=10)
+
+
+@pytest.mark.parametrize("script", ["understanding_choice_sweep.sh", "testbed_understanding_sweep.sh"])
+def test_every_configuration_the_sweep_scripts_ask_for_is_valid(script, tmp_path):
+    """Run the sweep script with a stand-in ``flashu`` that records its arguments; every --accel must resolve."""
+    import os
+    import subprocess
+
+    from flashu.accel.spec import resolve_accel, split_specs
+
+    fake = tmp_path / "flashu"
+    fake.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ARGS_FILE": str(tmp_path / "args")}
+    subprocess.run(["bash", str(SCRIPT.parent / script), str(tmp_path / "out.json"), "some-model"], env=env,
+                   check=True)
+    args = (tmp_path / "args").read_text().splitlines()
+    accels = [spec for i, a in enumerate(args) if a == "--accel" for spec in split_specs(args[i + 1])]
+    assert "none" in accels and len(accels) == len(set(accels)) >= 20
+    for spec in accels:
+        resolve_accel(spec)
+    assert args[args.index("--model") + 1] == "some-model"

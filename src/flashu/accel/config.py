@@ -344,8 +344,8 @@ def _paper() -> FlashUConfig:
 
 # plus, understanding: what keeps >= 97 % of the trained testbed's baseline accuracy in every question kind: the
 # understanding FFN and lossless self-speculative decoding in place of lossy layer skipping; no visual-token pruning,
-# which fell below that bar in some question kind (docs/testbed.md has the measurements). The draft depth was chosen
-# by measurement (benchmarks/speculative_draft.py).
+# which fell below that bar in some question kind on both trained testbeds, v1 and v2 (docs/testbed.md). The draft
+# depth was chosen by measurement (benchmarks/speculative_draft.py).
 PLUS_UNDERSTANDING = dict(layer_skip_ratio=0.0, token_prune_ratio=0.0, speculative_decoding=True,
                           draft_skip_ratio=0.5)
 
