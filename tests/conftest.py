@@ -46,3 +46,17 @@ def sample_image(tmp_path_factory):
     draw.rectangle((26, 14, 44, 34), fill="blue")
     img.save(path)
     return path
+
+
+def load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) as a module, registered under ``name``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

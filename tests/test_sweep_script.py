@@ -3,23 +3,16 @@ before any model is loaded, so this stays fast)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_sweep.py"
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("robustness_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["robustness_sweep"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("robustness_sweep")
 
 
 def _result(sweep, rc, stderr="", stdout="", seconds=1.0, d=Path(".")):

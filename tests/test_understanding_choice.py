@@ -3,23 +3,18 @@ configuration first."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "understanding_choice.py"
 
 
 @pytest.fixture(scope="module")
 def choice():
-    spec = importlib.util.spec_from_file_location("understanding_choice", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["understanding_choice"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("understanding_choice")
 
 
 def _report(accel, correct, kinds):
