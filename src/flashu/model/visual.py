@@ -9,17 +9,20 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 
+def resize_position_table(table: torch.Tensor, grid: int, new_grid: int) -> torch.Tensor:
+    """A ``grid``×``grid`` position table [grid², H] resized to ``new_grid``² (bicubic, in the table's dtype, as the
+    official ``interpolate_pos_encoding``)."""
+    square = table.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(square, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1)
+
+
 class VisualBranches:
     def position_table(self, grid: int) -> torch.Tensor:
         """SigLIP position embeddings for a ``grid``×``grid`` token grid (bicubic-interpolated if needed)."""
         g0 = self.config.vision.position_grid
         table = self.position_embedding(torch.arange(g0 * g0, device=self.device))
-        if grid == g0:
-            return table
-        # in the weight dtype, as the official interpolate_pos_encoding
-        square = table.reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
-        resized = F.interpolate(square, size=(grid, grid), mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1).reshape(grid * grid, -1)
+        return table if grid == g0 else resize_position_table(table, g0, grid)
 
     def semantic_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """The understanding branch: patch embed + position table + SigLIP layers (no post-LN)."""

@@ -56,6 +56,7 @@ from ..bundle import Showo2Bundle
 from ..config import Showo2Config, preset
 from ..model import KVCache, Showo2
 from ..model.layers import RMSNorm
+from ..model.visual import resize_position_table
 from ..io.files import write_json
 from ..io.tokenizer import SpecialTokens, build_local_tokenizer
 from ..io.vae import LatentCodec, build_vae
@@ -429,13 +430,6 @@ def _architecture(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
 
 
-def _resize_table(table: torch.Tensor, grid: int, new_grid: int) -> torch.Tensor:
-    """A g×g position table [g², H] resized to ``new_grid``² (bicubic, as ``Showo2.position_table`` at run time)."""
-    square = table.float().reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-    resized = F.interpolate(square, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
-    return resized.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(table.dtype)
-
-
 def sincos_grid(grid: int, width: int) -> torch.Tensor:
     """A fixed 2-D sin/cos position pattern [grid², width]: the first half encodes the row, the second the column,
     each with ``width // 4`` frequencies (unit RMS)."""
@@ -476,7 +470,8 @@ def _load_weights(model: torch.nn.Module, path: Path, config: Showo2Config) -> d
     saved_grid, wanted_grid = saved["vision"]["position_grid"], wanted["vision"]["position_grid"]
     if saved_grid != wanted_grid:  # a second stage may widen the SigLIP position table: resized as at run time
         saved["vision"] = {**saved["vision"], "position_grid": wanted_grid}
-        weights = {k: (_resize_table(v, saved_grid, wanted_grid) if k.endswith("position_embedding.weight") else v)
+        weights = {k: (resize_position_table(v, saved_grid, wanted_grid) if k.endswith("position_embedding.weight")
+                       else v)
                    for k, v in weights.items()}
     if saved != wanted:
         raise SystemExit(f"{path} was trained with another model architecture")
